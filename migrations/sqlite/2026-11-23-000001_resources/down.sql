@@ -1,0 +1,2 @@
+DROP TABLE ix_token;
+DROP TABLE resource_version;

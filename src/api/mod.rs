@@ -1,0 +1,218 @@
+//! The HTTP edge (actix-web): routes, negotiation, FHIR REST handlers, operations endpoints.
+//!
+//! - `negotiate`: `_format`, `Accept`, `Content-Type`, `Prefer`, ETags.
+//! - `rest`: instance- and type-level interactions.
+//! - `system`: `metadata`, transaction/batch, system history.
+//! - `ops`: `/healthz`, `/readyz`, `/metrics`.
+//! - `error`: errors as OperationOutcome responses.
+
+pub mod error;
+pub mod negotiate;
+pub mod ops;
+pub mod rest;
+pub mod system;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::middleware::Next;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+
+use crate::config::Config;
+use crate::fhir::{Fhir, Format};
+use crate::store::{Store, StoreError};
+use crate::telemetry::Metrics;
+use error::{ApiError, outcome_response};
+use negotiate::Ctx;
+
+/// What a request did, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interaction {
+    Read,
+    Vread,
+    Create,
+    Update,
+    Patch,
+    Delete,
+    Search,
+    HistoryInstance,
+    HistoryType,
+    HistorySystem,
+    Transaction,
+    Capabilities,
+    Operations,
+    Unknown,
+}
+
+impl Interaction {
+    pub fn name(self) -> &'static str {
+        match self {
+            Interaction::Read => "read",
+            Interaction::Vread => "vread",
+            Interaction::Create => "create",
+            Interaction::Update => "update",
+            Interaction::Patch => "patch",
+            Interaction::Delete => "delete",
+            Interaction::Search => "search-type",
+            Interaction::HistoryInstance => "history-instance",
+            Interaction::HistoryType => "history-type",
+            Interaction::HistorySystem => "history-system",
+            Interaction::Transaction => "transaction-batch",
+            Interaction::Capabilities => "capabilities",
+            Interaction::Operations => "ops",
+            Interaction::Unknown => "unknown",
+        }
+    }
+}
+
+/// Shared by all handlers.
+pub struct AppState {
+    pub fhir: Fhir,
+    pub metrics: Arc<Metrics>,
+    pub max_body: usize,
+    pub base_url: Option<String>,
+}
+
+impl AppState {
+    /// Negotiates the response shape, runs the handler, and tags the response with its
+    /// interaction for the metrics middleware.
+    pub async fn reply<F, Fut>(&self, req: &HttpRequest, interaction: Interaction, handler: F) -> HttpResponse
+    where
+        F: FnOnce(Ctx) -> Fut,
+        Fut: Future<Output = Result<HttpResponse, ApiError>>,
+    {
+        let mut resp = match Ctx::new(req, self.base_url.as_deref()) {
+            Ok(ctx) => match handler(ctx).await {
+                Ok(r) => r,
+                Err(e) => actix_web::ResponseError::error_response(&e),
+            },
+            Err(e) => actix_web::ResponseError::error_response(&e),
+        };
+        resp.extensions_mut().insert(interaction);
+        resp
+    }
+}
+
+/// Records each request's interaction, status and latency; logs it when asked to.
+async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
+    let start = Instant::now();
+    let metrics = req.app_data::<web::Data<AppState>>().map(|s| s.metrics.clone());
+    let access_log = req.app_data::<web::Data<AccessLog>>().is_some_and(|a| a.0);
+    let method = access_log.then(|| req.method().clone());
+    let res = next.call(req).await?;
+    let interaction = res.response().extensions().get::<Interaction>().copied().unwrap_or(Interaction::Unknown);
+    let status = res.status().as_u16();
+    if let Some(m) = metrics {
+        m.observe(interaction.name(), status, start.elapsed());
+    }
+    if let Some(method) = method {
+        // The route pattern, never the path: ids are pseudonymous but queries may hold personal data.
+        let route = res.request().match_pattern().unwrap_or_default();
+        tracing::info!(%method, route, status, interaction = interaction.name(), micros = start.elapsed().as_micros() as u64, "request");
+    }
+    Ok(res)
+}
+
+struct AccessLog(bool);
+
+/// Routes of the application (also used by tests that build the app in-process).
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    use web::{delete, get, head, patch, post, put, resource};
+    cfg.service(resource("/healthz").route(get().to(ops::healthz)))
+        .service(resource("/readyz").route(get().to(ops::readyz)))
+        .service(resource("/metrics").route(get().to(ops::metrics)))
+        .service(
+            web::scope("/fhir")
+                .service(resource("/metadata").route(get().to(system::metadata)).default_service(web::to(method_not_allowed)))
+                .service(resource("/_history").route(get().to(rest::history_system)).default_service(web::to(method_not_allowed)))
+                .service(resource("/{type}/_history").route(get().to(rest::history_type)).default_service(web::to(method_not_allowed)))
+                .service(resource("/{type}/_search").route(post().to(rest::search_post)).default_service(web::to(method_not_allowed)))
+                .service(resource("/{type}/{id}/_history/{vid}").route(get().to(rest::vread)).route(head().to(rest::vread)).default_service(web::to(method_not_allowed)))
+                .service(resource("/{type}/{id}/_history").route(get().to(rest::history_instance)).default_service(web::to(method_not_allowed)))
+                .service(
+                    resource("/{type}/{id}")
+                        .route(get().to(rest::read))
+                        .route(head().to(rest::read))
+                        .route(put().to(rest::update))
+                        .route(patch().to(rest::patch))
+                        .route(delete().to(rest::delete))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    resource("/{type}")
+                        .route(get().to(rest::search))
+                        .route(post().to(rest::create))
+                        .route(put().to(rest::conditional_update))
+                        .route(delete().to(rest::conditional_delete))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(resource("").route(post().to(system::transaction)).default_service(web::to(method_not_allowed)))
+                .service(resource("/").route(post().to(system::transaction)).default_service(web::to(method_not_allowed))),
+        )
+        .default_service(web::to(not_found));
+}
+
+async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
+    let msg = format!("{} is not allowed on {}", req.method(), req.match_pattern().unwrap_or_else(|| req.path().to_string()));
+    outcome_response(StatusCode::METHOD_NOT_ALLOWED, &[crate::fhir::outcome::Issue::error("not-supported", msg)], Format::Json)
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    let msg = format!("nothing is served at {}: the FHIR base is /fhir", req.path());
+    outcome_response(StatusCode::NOT_FOUND, &[crate::fhir::outcome::Issue::error("not-found", msg)], Format::Json)
+}
+
+/// A running server: its address and a handle to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub server: Server,
+    pub store: Store,
+}
+
+/// Opens the store (running migrations) and binds the server; the returned `Server` future
+/// runs it until SIGTERM/SIGINT, then lets in-flight requests finish.
+pub fn start(config: &Config) -> Result<Running, StartError> {
+    let store = Store::open(&config.store())?;
+    let state = web::Data::new(AppState {
+        fhir: Fhir::new(store.clone()),
+        metrics: Arc::new(Metrics::new()),
+        max_body: config.max_body,
+        base_url: config.base_url.clone(),
+    });
+    let access_log = web::Data::new(AccessLog(config.access_log));
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(access_log.clone())
+            // Bodies are read by handlers with their own limit (413 as an OperationOutcome).
+            .app_data(web::PayloadConfig::new(usize::MAX))
+            .wrap(actix_web::middleware::from_fn(observe))
+            .configure(routes)
+    })
+    .shutdown_timeout(config.shutdown_timeout)
+    .client_request_timeout(Duration::from_secs(60));
+    if let Some(w) = config.workers {
+        server = server.workers(w.max(1));
+    }
+    let server = server.bind(config.bind).map_err(|e| StartError::Bind(config.bind, e))?;
+    let addr = server.addrs().first().copied().ok_or(StartError::NoAddress)?;
+    Ok(Running { addr, server: server.run(), store })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("the server has no address")]
+    NoAddress,
+}

@@ -1,0 +1,87 @@
+//! Settings, from command-line flags or the environment (flags win). Secrets never have
+//! defaults here: they come from the environment only.
+
+use std::net::SocketAddr;
+
+/// How `yba serve` runs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Where records live: `sqlite://path/to/file.db` (the embedded default) or
+    /// `postgres://user@host/db` (production).
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://data/yba.db")]
+    pub database_url: String,
+
+    /// Address to listen on, `host:port`.
+    #[arg(long, env = "YBA_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+
+    /// The public FHIR base URL (e.g. `https://ehr.example.vn/fhir`). Without it, each request's
+    /// own scheme and host are used.
+    #[arg(long, env = "YBA_BASE_URL")]
+    pub base_url: Option<String>,
+
+    /// Largest request body accepted, in bytes (`16M`, `512K` and `1G` are understood).
+    #[arg(long, env = "YBA_MAX_BODY", default_value = "32M", value_parser = parse_size)]
+    pub max_body: usize,
+
+    /// Database connections in the pool.
+    #[arg(long, env = "YBA_DB_POOL", default_value_t = 16)]
+    pub db_pool: u32,
+
+    /// SQLite `synchronous` mode: `full` (every commit survives power loss) or `normal`.
+    #[arg(long, env = "YBA_SQLITE_SYNCHRONOUS", default_value = "full")]
+    pub sqlite_synchronous: String,
+
+    /// HTTP worker threads (default: one per CPU core).
+    #[arg(long, env = "YBA_WORKERS")]
+    pub workers: Option<usize>,
+
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    #[arg(long, env = "YBA_SHUTDOWN_TIMEOUT", default_value_t = 30)]
+    pub shutdown_timeout: u64,
+
+    /// Log one line per request (method, route, status, time; never query strings or bodies).
+    #[arg(long, env = "YBA_ACCESS_LOG", default_value_t = false)]
+    pub access_log: bool,
+}
+
+impl Config {
+    /// The settings for a server on `database_url` listening on an ephemeral local port.
+    pub fn local(database_url: impl Into<String>) -> Config {
+        Config {
+            database_url: database_url.into(),
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            base_url: None,
+            max_body: 32 * 1024 * 1024,
+            db_pool: 8,
+            sqlite_synchronous: "full".into(),
+            workers: Some(2),
+            shutdown_timeout: 30,
+            access_log: false,
+        }
+    }
+
+    pub fn store(&self) -> crate::store::StoreConfig {
+        crate::store::StoreConfig {
+            url: self.database_url.clone(),
+            pool_size: self.db_pool,
+            sqlite_synchronous: self.sqlite_synchronous.clone(),
+        }
+    }
+}
+
+/// Parses a byte size: `1048576`, `512K`, `16M`, `1G` (binary multiples).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1024),
+        Some((i, 'M' | 'm')) => (&s[..i], 1024 * 1024),
+        Some((i, 'G' | 'g')) => (&s[..i], 1024 * 1024 * 1024),
+        _ => (s, 1),
+    };
+    num.trim()
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("'{s}' is not a size like 16M"))
+}

@@ -1,0 +1,114 @@
+//! FHIR JSON and XML in and out, through fhirbolt's R4 model.
+//!
+//! In: bytes → `serde_json::Value` (XML goes through fhirbolt's typed model first) → our validator
+//! (locations for every problem) → later, `to_stored_json`, which passes the value through
+//! fhirbolt's typed model once more, so what is stored is exactly what fhirbolt accepts and
+//! serialises, in canonical element order. Out: JSON is served as stored; XML is rendered from it.
+
+use fhirbolt::model::r4::Resource;
+use fhirbolt::serde::{DeserializationConfig, DeserializationMode};
+use serde_json::Value;
+
+use super::outcome::Issue;
+use super::validate;
+
+/// A wire format of FHIR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Xml,
+}
+
+impl Format {
+    pub fn mime(self) -> &'static str {
+        match self {
+            Format::Json => "application/fhir+json; charset=utf-8",
+            Format::Xml => "application/fhir+xml; charset=utf-8",
+        }
+    }
+
+    /// The format a MIME type or `_format` value names (R4 §3.1.0.1.10), if it names one.
+    pub fn from_mime(s: &str) -> Option<Format> {
+        let essence = s.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        match essence.as_str() {
+            "application/fhir+json" | "application/json" | "application/json+fhir" | "json" | "text/json" => {
+                Some(Format::Json)
+            }
+            "application/fhir+xml" | "application/xml" | "application/xml+fhir" | "xml" | "text/xml" => {
+                Some(Format::Xml)
+            }
+            _ => None,
+        }
+    }
+}
+
+fn strict() -> Option<DeserializationConfig> {
+    Some(DeserializationConfig { mode: DeserializationMode::Strict })
+}
+
+/// Parses and validates a resource. Returns it as FHIR JSON with its type, or every problem found.
+pub fn parse_resource(bytes: &[u8], format: Format) -> Result<(Value, &'static str), Vec<Issue>> {
+    let value = match format {
+        Format::Json => parse_json(bytes)?,
+        Format::Xml => parse_xml(bytes)?,
+    };
+    let ty = validate::resource(&value)?;
+    Ok((value, ty))
+}
+
+fn parse_json(bytes: &[u8]) -> Result<Value, Vec<Issue>> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Eof => "the JSON ends too early",
+            _ => "the body is not valid JSON",
+        };
+        vec![Issue::error(
+            "structure",
+            format!("{what}: {} (line {}, column {})", json_reason(&e), e.line(), e.column()),
+        )]
+    })
+}
+
+/// serde_json's message without its trailing position (given separately).
+fn json_reason(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+fn parse_xml(bytes: &[u8]) -> Result<Value, Vec<Issue>> {
+    let resource: Resource = fhirbolt::xml::from_slice(bytes, strict())
+        .map_err(|e| vec![Issue::error("structure", format!("the body is not valid FHIR XML: {e}"))])?;
+    fhirbolt::json::to_json_value(resource, None)
+        .map_err(|e| vec![Issue::error("structure", format!("cannot convert the XML resource: {e}"))])
+}
+
+/// Turns a validated resource into the JSON the server stores and serves: through fhirbolt's
+/// typed model, in canonical element order. `location` names the resource in messages.
+pub fn to_stored_json(value: Value, location: &str) -> Result<String, Issue> {
+    let resource: Resource = fhirbolt::json::from_json_value(value, strict()).map_err(|e| {
+        Issue::error("structure", format!("the resource does not fit the FHIR R4 model: {e}")).at(location)
+    })?;
+    fhirbolt::json::to_string(&resource, None)
+        .map_err(|e| Issue::error("exception", format!("cannot serialise the resource: {e}")))
+}
+
+/// Renders stored FHIR JSON in the requested format.
+pub fn render(json: &str, format: Format, pretty: bool) -> Result<Vec<u8>, Issue> {
+    match (format, pretty) {
+        (Format::Json, false) => Ok(json.as_bytes().to_vec()),
+        (Format::Json, true) => {
+            let v: Value = serde_json::from_str(json)
+                .map_err(|e| Issue::error("exception", format!("stored JSON is unreadable: {e}")))?;
+            serde_json::to_vec_pretty(&v).map_err(|e| Issue::error("exception", e.to_string()))
+        }
+        (Format::Xml, _) => {
+            let resource: Resource = fhirbolt::json::from_str(json, None)
+                .map_err(|e| Issue::error("exception", format!("stored JSON does not parse: {e}")))?;
+            fhirbolt::xml::to_vec(&resource, None)
+                .map_err(|e| Issue::error("exception", format!("cannot write XML: {e}")))
+        }
+    }
+}

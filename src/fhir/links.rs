@@ -1,0 +1,81 @@
+//! Links inside a resource: references, uri-typed values and narrative, found through the R4
+//! element table. A transaction rewrites them (R4 §3.1.0.11.2); the store indexes identifiers.
+
+use serde_json::Value;
+
+use super::schema::{Primitive, R4, TypeDef, TypeRef};
+
+/// What kind of value a link was found in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    /// `Reference.reference`.
+    Reference,
+    /// An element of type uri, url, canonical, oid or uuid.
+    Uri,
+    /// Narrative XHTML (`href` and `src` attributes may hold links).
+    Xhtml,
+}
+
+/// Calls `f` on every link of a resource (and of its contained resources), mutably.
+pub fn for_each_link(resource: &mut Value, f: &mut dyn FnMut(LinkKind, &mut String)) {
+    let Some(ty) = resource.get("resourceType").and_then(Value::as_str) else { return };
+    if let Some(def) = R4.type_def(ty) {
+        walk_object(resource, def, false, f);
+    }
+}
+
+fn walk_object(obj: &mut Value, def: &TypeDef, is_reference: bool, f: &mut dyn FnMut(LinkKind, &mut String)) {
+    let Value::Object(map) = obj else { return };
+    for (key, value) in map.iter_mut() {
+        let Some(el) = def.elements.get(key.as_str()) else { continue };
+        let items: &mut [Value] = match value {
+            Value::Array(a) => a.as_mut_slice(),
+            v => std::slice::from_mut(v),
+        };
+        for item in items {
+            match el.ty {
+                TypeRef::Primitive(p) => {
+                    let kind = if is_reference && key == "reference" {
+                        LinkKind::Reference
+                    } else if p.is_uri_like() {
+                        LinkKind::Uri
+                    } else if p == Primitive::Xhtml {
+                        LinkKind::Xhtml
+                    } else {
+                        continue;
+                    };
+                    if let Value::String(s) = item {
+                        f(kind, s);
+                    }
+                }
+                TypeRef::Complex(k) => {
+                    if let Some(d) = R4.type_def(k) {
+                        walk_object(item, d, k == "Reference", f);
+                    }
+                }
+                TypeRef::Resource => for_each_link(item, f),
+            }
+        }
+    }
+}
+
+/// The identifiers (`system`, `value`) of a resource's top-level `identifier` element, for the
+/// token index; duplicates dropped.
+pub fn identifiers(resource: &Value) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let items: &[Value] = match resource.get("identifier") {
+        Some(Value::Array(a)) => a,
+        Some(v @ Value::Object(_)) => std::slice::from_ref(v),
+        _ => return out,
+    };
+    for i in items {
+        if let Some(value) = i.get("value").and_then(Value::as_str) {
+            let system = i.get("system").and_then(Value::as_str).unwrap_or("");
+            let pair = (system.to_string(), value.to_string());
+            if !out.contains(&pair) {
+                out.push(pair);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,28 @@
+//! FHIR semantics, without HTTP and without SQL.
+//!
+//! - `schema`: the R4 element table (from the official StructureDefinitions).
+//! - `primitive`, `datetime`: lexical rules of primitive types; dates as instant ranges.
+//! - `validate`: strict structural validation with FHIRPath locations.
+//! - `format`: JSON and XML through fhirbolt.
+//! - `links`: references and uri values inside a resource.
+//! - `condition`: criteria of conditional interactions.
+//! - `interactions`: create, read, update, patch, delete, history.
+//! - `bundle`, `bundle_out`: transaction and batch processing; response Bundles.
+//! - `capability`: the CapabilityStatement.
+//! - `outcome`: OperationOutcome.
+
+pub mod bundle;
+pub mod bundle_out;
+pub mod capability;
+pub mod condition;
+pub mod datetime;
+pub mod format;
+pub mod interactions;
+pub mod links;
+pub mod outcome;
+pub mod primitive;
+pub mod schema;
+pub mod validate;
+
+pub use format::Format;
+pub use interactions::{Fhir, Stored, Written};

@@ -1,0 +1,21 @@
+//! yba — an electronic health record server for Vietnam: FHIR R4 over HTTP, on SQLite or PostgreSQL.
+//!
+//! # Layout
+//! - [`api`]: the HTTP edge (actix-web): routing, content negotiation, FHIR REST interactions,
+//!   health and metrics endpoints. The only module that knows HTTP.
+//! - [`fhir`]: FHIR semantics without HTTP or SQL: the R4 element table, strict parsing and
+//!   validation with FHIRPath locations, JSON/XML through fhirbolt, the interactions (create,
+//!   update, history, ...), Bundle processing, OperationOutcome, the CapabilityStatement.
+//! - [`store`]: the only module that knows SQL (diesel): SQLite and PostgreSQL, migrations, the
+//!   versioned resource table and its indexes.
+//! - [`config`], [`error`], [`telemetry`]: settings from flags and environment, the error type
+//!   every layer returns, logs and metrics.
+//!
+//! Dependencies point down: `api` → `fhir` → `store`.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod fhir;
+pub mod store;
+pub mod telemetry;

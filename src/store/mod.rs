@@ -1,0 +1,320 @@
+//! The only module that knows SQL: connections and pools for SQLite and PostgreSQL, the schema,
+//! migrations (embedded, run on start), and the queries of the record store.
+//!
+//! One code path serves both engines through diesel's `MultiConnection`; where they differ (the
+//! change sequence, write locking, pragmas) the difference is a `match` on [`Backend`] here.
+//! SQLite has one writer: writes go through a single connection behind a mutex, reads through a
+//! pool. PostgreSQL uses one pool for both.
+
+mod schema;
+mod session;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel::{Connection, PgConnection, SqliteConnection};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+pub use session::{HistoryQuery, HistoryScope, Method, NewVersion, Session, TokenRow, VersionRow};
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+/// A connection to either engine.
+#[derive(diesel::MultiConnection)]
+pub enum Db {
+    Postgres(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgresql",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another transaction changed the same rows first; the caller may retry.
+    #[error("a concurrent write changed the same resource")]
+    Conflict,
+    #[error("database error: {0}")]
+    Db(diesel::result::Error),
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database migration failed: {0}")]
+    Migration(String),
+}
+
+impl From<diesel::result::Error> for StoreError {
+    fn from(e: diesel::result::Error) -> Self {
+        use diesel::result::DatabaseErrorKind as K;
+        use diesel::result::Error as E;
+        match e {
+            E::DatabaseError(K::UniqueViolation | K::SerializationFailure, _) => StoreError::Conflict,
+            E::DatabaseError(K::ClosedConnection | K::UnableToSendCommand, info) => {
+                StoreError::Unavailable(info.message().to_string())
+            }
+            // SQLite reports a lock it could not get within busy_timeout as an unknown error.
+            E::DatabaseError(K::Unknown, ref info) if info.message().contains("locked") => StoreError::Conflict,
+            other => StoreError::Db(other),
+        }
+    }
+}
+
+impl From<diesel::r2d2::PoolError> for StoreError {
+    fn from(e: diesel::r2d2::PoolError) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+/// How to open the store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `sqlite://path/to/file.db`, a bare path, or `postgres://user@host/db`.
+    pub url: String,
+    /// Connections in the pool (readers on SQLite, all connections on PostgreSQL).
+    pub pool_size: u32,
+    /// SQLite `synchronous`: FULL makes every commit durable against power loss.
+    pub sqlite_synchronous: String,
+}
+
+/// The record store: a pool of connections and, on SQLite, the one writer.
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+    pool: Pool<ConnectionManager<Db>>,
+    writer: Option<Arc<Mutex<Db>>>,
+}
+
+#[derive(Debug)]
+struct SqlitePragmas {
+    synchronous: String,
+}
+
+impl CustomizeConnection<Db, diesel::r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut Db) -> Result<(), diesel::r2d2::Error> {
+        sqlite_pragmas(conn, &self.synchronous).map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+fn sqlite_pragmas(conn: &mut Db, synchronous: &str) -> diesel::QueryResult<()> {
+    // WAL lets readers run beside the writer; busy_timeout waits for a lock instead of failing.
+    conn.batch_execute(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
+         PRAGMA synchronous = {synchronous}; PRAGMA cache_size = -32000; PRAGMA temp_store = MEMORY;"
+    ))
+}
+
+impl Store {
+    /// Opens (creating it if need be) the database at `config.url` and runs pending migrations.
+    pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
+        let (backend, url) = parse_url(&config.url)?;
+        let synchronous = match config.sqlite_synchronous.to_ascii_uppercase().as_str() {
+            s @ ("OFF" | "NORMAL" | "FULL" | "EXTRA") => s.to_string(),
+            other => return Err(StoreError::Unavailable(format!("unknown SQLite synchronous mode {other}"))),
+        };
+        let store = match backend {
+            Backend::Sqlite => {
+                if let Some(dir) = std::path::Path::new(&url).parent() {
+                    if !dir.as_os_str().is_empty() {
+                        std::fs::create_dir_all(dir).map_err(|e| {
+                            StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+                        })?;
+                    }
+                }
+                let mut writer = Db::establish(&url)
+                    .map_err(|e| StoreError::Unavailable(format!("cannot open SQLite file {url}: {e}")))?;
+                sqlite_pragmas(&mut writer, &synchronous)?;
+                run_migrations(&mut writer, backend)?;
+                let pool = Pool::builder()
+                    .max_size(config.pool_size.max(1))
+                    .min_idle(Some(1))
+                    .connection_customizer(Box::new(SqlitePragmas { synchronous }))
+                    .build(ConnectionManager::new(url))?;
+                Store { backend, pool, writer: Some(Arc::new(Mutex::new(writer))) }
+            }
+            Backend::Postgres => {
+                let pool = Pool::builder()
+                    .max_size(config.pool_size.max(1))
+                    .min_idle(Some(2.min(config.pool_size)))
+                    .connection_timeout(Duration::from_secs(10))
+                    .test_on_check_out(false)
+                    .build(ConnectionManager::new(url))?;
+                let mut conn = pool.get()?;
+                run_migrations(&mut conn, backend)?;
+                Store { backend, pool, writer: None }
+            }
+        };
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Runs read-only work on a pooled connection, off the async workers.
+    pub async fn read<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Session<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        let backend = self.backend;
+        blocking(move || {
+            let mut conn = pool.get().map_err(StoreError::from)?;
+            f(&mut Session::new(&mut conn, backend, 0))
+        })
+        .await
+    }
+
+    /// Runs `f` in one database transaction: committed if it returns `Ok`, rolled back otherwise.
+    /// A [`StoreError::Conflict`] means a concurrent write won; the caller decides whether to retry.
+    pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Session<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let backend = self.backend;
+        match &self.writer {
+            Some(writer) => {
+                let writer = writer.clone();
+                blocking(move || {
+                    // A panic while holding the lock cannot leave a transaction open: the
+                    // transaction is rolled back below before the guard is released.
+                    let mut guard = writer.lock().unwrap_or_else(|p| p.into_inner());
+                    sqlite_write(&mut guard, f)
+                })
+                .await
+            }
+            None => {
+                let pool = self.pool.clone();
+                blocking(move || {
+                    let mut conn: PooledConnection<_> = pool.get().map_err(StoreError::from)?;
+                    postgres_write(&mut conn, backend, f)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Whether the database answers (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|s| s.ping()).await
+    }
+}
+
+fn sqlite_write<T, E, F>(db: &mut Db, f: F) -> Result<T, E>
+where
+    F: FnOnce(&mut Session<'_>) -> Result<T, E>,
+    E: From<StoreError>,
+{
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    // BEGIN IMMEDIATE takes the write lock at once, so a transaction never fails half-way on
+    // upgrading a read lock when another process (`yba migrate`, an import) writes to the same
+    // file. It goes through diesel's transaction manager so that nested work sees the transaction.
+    let Db::Sqlite(conn) = db else {
+        return Err(StoreError::Unavailable("the SQLite writer holds a PostgreSQL connection".into()).into());
+    };
+    AnsiTransactionManager::begin_transaction_sql(conn, "BEGIN IMMEDIATE").map_err(StoreError::from)?;
+    let result = (|| {
+        let txid = session::next_sqlite_txid(db)?;
+        f(&mut Session::new(db, Backend::Sqlite, txid))
+    })();
+    let Db::Sqlite(conn) = db else { unreachable!("checked above") };
+    match result {
+        Ok(v) => match AnsiTransactionManager::commit_transaction(conn) {
+            Ok(()) => Ok(v),
+            Err(e) => {
+                let _ = AnsiTransactionManager::rollback_transaction(conn);
+                Err(StoreError::from(e).into())
+            }
+        },
+        Err(e) => {
+            let _ = AnsiTransactionManager::rollback_transaction(conn);
+            Err(e)
+        }
+    }
+}
+
+fn postgres_write<T, E, F>(db: &mut Db, backend: Backend, f: F) -> Result<T, E>
+where
+    F: FnOnce(&mut Session<'_>) -> Result<T, E>,
+    E: From<StoreError>,
+{
+    let mut outcome: Option<Result<T, E>> = None;
+    let r = db.transaction::<(), diesel::result::Error, _>(|db| {
+        let txid = match session::postgres_txid(db) {
+            Ok(t) => t,
+            Err(e) => return Err(e),
+        };
+        let r = f(&mut Session::new(db, backend, txid));
+        let failed = r.is_err();
+        outcome = Some(r);
+        if failed { Err(diesel::result::Error::RollbackTransaction) } else { Ok(()) }
+    });
+    match (r, outcome) {
+        (Ok(()), Some(v)) => v,
+        (Err(diesel::result::Error::RollbackTransaction), Some(v)) => v,
+        (Err(e), _) => Err(StoreError::from(e).into()),
+        (Ok(()), None) => Err(StoreError::Unavailable("transaction produced no result".into()).into()),
+    }
+}
+
+async fn blocking<T, E, F>(f: F) -> Result<T, E>
+where
+    F: FnOnce() -> Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(StoreError::Unavailable(format!("database task failed: {e}")).into()),
+    }
+}
+
+fn run_migrations(conn: &mut Db, backend: Backend) -> Result<(), StoreError> {
+    let migrations = match backend {
+        Backend::Sqlite => SQLITE_MIGRATIONS,
+        Backend::Postgres => POSTGRES_MIGRATIONS,
+    };
+    conn.run_pending_migrations(migrations)
+        .map(|_| ())
+        .map_err(|e| StoreError::Migration(e.to_string()))
+}
+
+/// Runs pending migrations and returns (for `yba migrate`).
+pub fn migrate(config: &StoreConfig) -> Result<Backend, StoreError> {
+    Store::open(config).map(|s| s.backend)
+}
+
+/// Splits a DATABASE_URL into the engine and the string its driver takes.
+fn parse_url(url: &str) -> Result<(Backend, String), StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok((Backend::Postgres, url.to_string()))
+    } else if let Some(path) = url.strip_prefix("sqlite://") {
+        Ok((Backend::Sqlite, path.to_string()))
+    } else if let Some(path) = url.strip_prefix("sqlite:") {
+        Ok((Backend::Sqlite, path.to_string()))
+    } else if url.contains("://") {
+        Err(StoreError::Unavailable(format!(
+            "DATABASE_URL must start with sqlite:// or postgres://, got {}",
+            url.split("://").next().unwrap_or("")
+        )))
+    } else {
+        Ok((Backend::Sqlite, url.to_string()))
+    }
+}

@@ -1,0 +1,337 @@
+//! Queries of the record store, on one connection (inside a transaction for writes).
+
+use diesel::dsl::sql;
+use diesel::prelude::*;
+use diesel::sql_types::BigInt;
+
+use super::schema::{ix_token, resource_version as rv};
+use super::{Backend, Db, StoreError};
+
+/// The interaction that produced a version (the `request` of its history entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Create = 0,
+    Update = 1,
+    Delete = 2,
+    Patch = 3,
+}
+
+impl Method {
+    pub fn from_code(c: i16) -> Method {
+        match c {
+            0 => Method::Create,
+            2 => Method::Delete,
+            3 => Method::Patch,
+            _ => Method::Update,
+        }
+    }
+}
+
+/// One stored version.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = rv)]
+pub struct VersionRow {
+    pub pk: i64,
+    pub res_type: String,
+    pub res_id: String,
+    pub version: i64,
+    pub deleted: bool,
+    pub method: i16,
+    pub last_updated: i64,
+    pub body: String,
+}
+
+/// The current version of a resource without its body, as writes need it.
+#[derive(Debug, Clone, Copy, Queryable, Selectable)]
+#[diesel(table_name = rv)]
+pub struct CurrentVersion {
+    pub pk: i64,
+    pub version: i64,
+    pub deleted: bool,
+    pub last_updated: i64,
+}
+
+/// A version to insert; it becomes the current one.
+#[derive(Debug, Insertable)]
+#[diesel(table_name = rv)]
+pub struct NewVersion<'a> {
+    pub res_type: &'a str,
+    pub res_id: &'a str,
+    pub version: i64,
+    pub is_current: bool,
+    pub deleted: bool,
+    pub method: i16,
+    pub txid: i64,
+    pub last_updated: i64,
+    pub body: &'a str,
+}
+
+/// A token index row of a version (`resource_pk` is filled in on insert).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRow {
+    pub param: &'static str,
+    pub system: String,
+    pub code: String,
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = ix_token)]
+struct NewToken<'a> {
+    resource_pk: i64,
+    res_type: &'a str,
+    param: &'a str,
+    system: &'a str,
+    code: &'a str,
+}
+
+/// Which versions a history interaction lists.
+#[derive(Debug, Clone)]
+pub enum HistoryScope {
+    System,
+    Type(String),
+    Instance(String, String),
+}
+
+/// A history query: newest first, keyset-paged on (last_updated, pk).
+#[derive(Debug, Clone)]
+pub struct HistoryQuery {
+    pub scope: HistoryScope,
+    /// `_since`: versions with last_updated >= this.
+    pub since: Option<i64>,
+    /// `_at`: versions current at some time in `[low, high)`.
+    pub at: Option<(i64, i64)>,
+    /// Continue after this (last_updated, pk), exclusive.
+    pub before: Option<(i64, i64)>,
+    pub limit: i64,
+}
+
+/// SQLite limits bound parameters per statement (32766); 9 columns a row stays far below.
+const CHUNK: usize = 500;
+
+macro_rules! batch_insert_versions {
+    ($conn:expr, $rows:expr) => {{
+        let mut pks = Vec::with_capacity($rows.len());
+        for chunk in $rows.chunks(CHUNK) {
+            let got: Vec<i64> = diesel::insert_into(rv::table)
+                .values(chunk.iter().map(|v| *v).collect::<Vec<_>>())
+                .returning(rv::pk)
+                .get_results($conn)?;
+            pks.extend(got);
+        }
+        pks
+    }};
+}
+
+macro_rules! batch_insert_tokens {
+    ($conn:expr, $rows:expr) => {{
+        for chunk in $rows.chunks(CHUNK) {
+            diesel::insert_into(ix_token::table).values(chunk).execute($conn)?;
+        }
+    }};
+}
+
+/// Database work on one connection. Write sessions carry the transaction's change number.
+pub struct Session<'c> {
+    db: &'c mut Db,
+    backend: Backend,
+    txid: i64,
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+impl<'c> Session<'c> {
+    pub(super) fn new(db: &'c mut Db, backend: Backend, txid: i64) -> Self {
+        Session { db, backend, txid }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The change number of this write transaction.
+    pub fn txid(&self) -> i64 {
+        self.txid
+    }
+
+    pub fn ping(&mut self) -> Result<()> {
+        diesel::select(sql::<BigInt>("1")).get_result::<i64>(self.db)?;
+        Ok(())
+    }
+
+    /// The current version of a resource (a tombstone if it was deleted).
+    pub fn current(&mut self, ty: &str, id: &str) -> Result<Option<VersionRow>> {
+        Ok(rv::table
+            .filter(rv::res_type.eq(ty))
+            .filter(rv::res_id.eq(id))
+            .filter(rv::is_current.eq(true))
+            .select(VersionRow::as_select())
+            .first(self.db)
+            .optional()?)
+    }
+
+    /// The current version's number and state, without the body.
+    pub fn current_version(&mut self, ty: &str, id: &str) -> Result<Option<CurrentVersion>> {
+        Ok(rv::table
+            .filter(rv::res_type.eq(ty))
+            .filter(rv::res_id.eq(id))
+            .filter(rv::is_current.eq(true))
+            .select(CurrentVersion::as_select())
+            .first(self.db)
+            .optional()?)
+    }
+
+    /// One version of a resource.
+    pub fn version(&mut self, ty: &str, id: &str, version: i64) -> Result<Option<VersionRow>> {
+        Ok(rv::table
+            .filter(rv::res_type.eq(ty))
+            .filter(rv::res_id.eq(id))
+            .filter(rv::version.eq(version))
+            .select(VersionRow::as_select())
+            .first(self.db)
+            .optional()?)
+    }
+
+    /// Ends a version's time as the current one and drops its index rows. Fails with
+    /// `Conflict` when another transaction retired it first (optimistic locking).
+    pub fn retire(&mut self, pk: i64) -> Result<()> {
+        let n = diesel::update(rv::table.filter(rv::pk.eq(pk)).filter(rv::is_current.eq(true)))
+            .set(rv::is_current.eq(false))
+            .execute(self.db)?;
+        if n != 1 {
+            return Err(StoreError::Conflict);
+        }
+        diesel::delete(ix_token::table.filter(ix_token::resource_pk.eq(pk))).execute(self.db)?;
+        Ok(())
+    }
+
+    /// Inserts new current versions with their token rows; returns their primary keys.
+    /// Multi-row statements (diesel's MultiConnection has no batch insert, so this one query is
+    /// spelled out for each engine by a macro: the same code, compiled twice).
+    pub fn insert(&mut self, versions: &[(NewVersion<'_>, Vec<TokenRow>)]) -> Result<Vec<i64>> {
+        let rows: Vec<&NewVersion<'_>> = versions.iter().map(|(v, _)| v).collect();
+        let pks: Vec<i64> = match self.db {
+            Db::Postgres(c) => batch_insert_versions!(c, &rows),
+            Db::Sqlite(c) => batch_insert_versions!(c, &rows),
+        };
+        let mut tokens = Vec::new();
+        for ((v, toks), pk) in versions.iter().zip(&pks) {
+            for t in toks {
+                tokens.push(NewToken {
+                    resource_pk: *pk,
+                    res_type: v.res_type,
+                    param: t.param,
+                    system: &t.system,
+                    code: &t.code,
+                });
+            }
+        }
+        if !tokens.is_empty() {
+            match self.db {
+                Db::Postgres(c) => batch_insert_tokens!(c, &tokens),
+                Db::Sqlite(c) => batch_insert_tokens!(c, &tokens),
+            }
+        }
+        Ok(pks)
+    }
+
+    /// Ids of live (not deleted) resources of a type with a token: `system|code`, or any system.
+    pub fn find_by_token(
+        &mut self,
+        ty: &str,
+        param: &str,
+        system: Option<&str>,
+        code: &str,
+        limit: i64,
+    ) -> Result<Vec<String>> {
+        let mut q = ix_token::table
+            .inner_join(rv::table.on(rv::pk.eq(ix_token::resource_pk)))
+            .filter(ix_token::res_type.eq(ty))
+            .filter(ix_token::param.eq(param))
+            .filter(ix_token::code.eq(code))
+            .filter(rv::is_current.eq(true))
+            .filter(rv::deleted.eq(false))
+            .select(rv::res_id)
+            .distinct()
+            .limit(limit)
+            .into_boxed();
+        if let Some(s) = system {
+            q = q.filter(ix_token::system.eq(s));
+        }
+        Ok(q.load(self.db)?)
+    }
+
+    /// Ids of live resources of a type with one of the given ids.
+    pub fn live_ids(&mut self, ty: &str, ids: &[&str]) -> Result<Vec<String>> {
+        Ok(rv::table
+            .filter(rv::res_type.eq(ty))
+            .filter(rv::res_id.eq_any(ids))
+            .filter(rv::is_current.eq(true))
+            .filter(rv::deleted.eq(false))
+            .select(rv::res_id)
+            .load(self.db)?)
+    }
+
+    /// Versions for a history interaction, newest first.
+    pub fn history(&mut self, q: &HistoryQuery) -> Result<Vec<VersionRow>> {
+        let mut query = rv::table.select(VersionRow::as_select()).into_boxed();
+        match &q.scope {
+            HistoryScope::System => {}
+            HistoryScope::Type(t) => query = query.filter(rv::res_type.eq(t.clone())),
+            HistoryScope::Instance(t, id) => {
+                query = query.filter(rv::res_type.eq(t.clone())).filter(rv::res_id.eq(id.clone()))
+            }
+        }
+        if let Some(since) = q.since {
+            query = query.filter(rv::last_updated.ge(since));
+        }
+        if let Some((low, high)) = q.at {
+            // Current at some point in [low, high): created before `high`, and not replaced
+            // before `low` (its successor, if any, came at or after `low`).
+            let replaced_before_low = sql::<diesel::sql_types::Bool>(&format!(
+                "EXISTS (SELECT 1 FROM resource_version n WHERE n.res_type = resource_version.res_type \
+                 AND n.res_id = resource_version.res_id AND n.version = resource_version.version + 1 \
+                 AND n.last_updated < {low})"
+            ));
+            query = query.filter(rv::last_updated.lt(high)).filter(diesel::dsl::not(replaced_before_low));
+        }
+        if let Some((lu, pk)) = q.before {
+            query = query.filter(rv::last_updated.lt(lu).or(rv::last_updated.eq(lu).and(rv::pk.lt(pk))));
+        }
+        Ok(query
+            .order((rv::last_updated.desc(), rv::pk.desc()))
+            .limit(q.limit)
+            .load(self.db)?)
+    }
+
+    /// How many versions a history interaction lists in all (instance level only: it is cheap there).
+    pub fn count_instance_history(&mut self, ty: &str, id: &str) -> Result<i64> {
+        Ok(rv::table
+            .filter(rv::res_type.eq(ty))
+            .filter(rv::res_id.eq(id))
+            .count()
+            .get_result(self.db)?)
+    }
+
+    /// Serialises writers that test the same condition (conditional create/update), so two
+    /// concurrent conditional creates cannot both create. SQLite's single writer already does.
+    pub fn lock_condition(&mut self, key: i64) -> Result<()> {
+        if let Db::Postgres(pg) = self.db {
+            diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+                .bind::<BigInt, _>(key)
+                .execute(pg)?;
+        }
+        Ok(())
+    }
+}
+
+/// The next change number on SQLite: taken under the write lock, so numbers follow commit order.
+pub(super) fn next_sqlite_txid(db: &mut Db) -> Result<i64> {
+    let max: Option<i64> = rv::table.select(diesel::dsl::max(rv::txid)).first(db)?;
+    Ok(max.unwrap_or(0) + 1)
+}
+
+/// The change number on PostgreSQL: this transaction's id. Readers of the change sequence stop
+/// below `pg_snapshot_xmin(pg_current_snapshot())`, where no transaction can still commit.
+pub(super) fn postgres_txid(db: &mut Db) -> diesel::QueryResult<i64> {
+    diesel::select(sql::<BigInt>("pg_current_xact_id()::text::bigint")).get_result(db)
+}
