@@ -89,12 +89,21 @@ impl Error {
                 })
                 .collect(),
             Error::Store(StoreError::Conflict) => {
-                vec![Issue::error("conflict", "a concurrent write changed the same resource; try again")]
+                vec![Issue::error(
+                    "conflict",
+                    "a concurrent write changed the same resource; try again",
+                )]
             }
             Error::Store(StoreError::Unavailable(_)) => {
-                vec![Issue::error("transient", "the database is unavailable; try again later")]
+                vec![Issue::error(
+                    "transient",
+                    "the database is unavailable; try again later",
+                )]
             }
-            Error::Store(_) => vec![Issue::error("exception", "internal error: the database failed")],
+            Error::Store(_) => vec![Issue::error(
+                "exception",
+                "internal error: the database failed",
+            )],
         }
     }
 

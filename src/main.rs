@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 use yba::config::Config;
 
 #[derive(Parser)]
-#[command(name = "yba", version, about = "Electronic health record server (FHIR R4) for Vietnam")]
+#[command(
+    name = "yba",
+    version,
+    about = "Electronic health record server (FHIR R4) for Vietnam"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

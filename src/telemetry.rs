@@ -5,15 +5,23 @@
 
 use std::time::Duration;
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
 
 /// Sets up logging: `RUST_LOG` filters (default `info`), `YBA_LOG_FORMAT=json` for JSON lines.
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("YBA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// Request counts and latencies by FHIR interaction.
@@ -27,19 +35,36 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("yba_http_requests_total", "HTTP requests by interaction and status class"),
+            Opts::new(
+                "yba_http_requests_total",
+                "HTTP requests by interaction and status class",
+            ),
             &["interaction", "status"],
         )
         .expect("valid metric");
         let latency = HistogramVec::new(
-            HistogramOpts::new("yba_http_request_duration_seconds", "HTTP request latency by interaction")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            HistogramOpts::new(
+                "yba_http_request_duration_seconds",
+                "HTTP request latency by interaction",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
             &["interaction"],
         )
         .expect("valid metric");
-        registry.register(Box::new(requests.clone())).expect("unique metric");
-        registry.register(Box::new(latency.clone())).expect("unique metric");
-        Metrics { registry, requests, latency }
+        registry
+            .register(Box::new(requests.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(latency.clone()))
+            .expect("unique metric");
+        Metrics {
+            registry,
+            requests,
+            latency,
+        }
     }
 
     pub fn observe(&self, interaction: &str, status: u16, elapsed: Duration) {
@@ -51,7 +76,9 @@ impl Metrics {
             _ => "5xx",
         };
         self.requests.with_label_values(&[interaction, class]).inc();
-        self.latency.with_label_values(&[interaction]).observe(elapsed.as_secs_f64());
+        self.latency
+            .with_label_values(&[interaction])
+            .observe(elapsed.as_secs_f64());
     }
 
     /// The Prometheus text exposition of all metrics.

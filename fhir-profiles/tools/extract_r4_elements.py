@@ -17,9 +17,13 @@ import sys
 
 # Resource types outside the official R4 set (medplum backports) that fhirbolt's R4 model lacks.
 NOT_R4 = {"SubscriptionStatus"}
+# Where the redistribution differs from the official R4 definitions, the official type wins.
+OFFICIAL_TYPES = {"Bundle.entry.response.outcome": ["Resource"]}
 
 
 def element_types(el):
+    if el["path"] in OFFICIAL_TYPES:
+        return OFFICIAL_TYPES[el["path"]]
     if "contentReference" in el:
         return [el["contentReference"].lstrip("#")]
     out = []

@@ -24,7 +24,12 @@ impl std::fmt::Display for ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: u16, code: &'static str, msg: impl Into<String>, format: Format) -> ApiError {
+    pub fn new(
+        status: u16,
+        code: &'static str,
+        msg: impl Into<String>,
+        format: Format,
+    ) -> ApiError {
         ApiError {
             status: StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             issues: vec![Issue::error(code, msg)],
@@ -61,10 +66,15 @@ pub fn outcome_response(status: StatusCode, issues: &[Issue], format: Format) ->
     let json = outcome::to_json(issues);
     let (body, format) = match format {
         Format::Json => (json, Format::Json),
-        Format::Xml => match std::str::from_utf8(&json).ok().map(|j| render(j, Format::Xml, false)) {
+        Format::Xml => match std::str::from_utf8(&json)
+            .ok()
+            .map(|j| render(j, Format::Xml, false))
+        {
             Some(Ok(xml)) => (xml, Format::Xml),
             _ => (json, Format::Json),
         },
     };
-    HttpResponse::build(status).content_type(format.mime()).body(body)
+    HttpResponse::build(status)
+        .content_type(format.mime())
+        .body(body)
 }

@@ -81,7 +81,12 @@ pub struct AppState {
 impl AppState {
     /// Negotiates the response shape, runs the handler, and tags the response with its
     /// interaction for the metrics middleware.
-    pub async fn reply<F, Fut>(&self, req: &HttpRequest, interaction: Interaction, handler: F) -> HttpResponse
+    pub async fn reply<F, Fut>(
+        &self,
+        req: &HttpRequest,
+        interaction: Interaction,
+        handler: F,
+    ) -> HttpResponse
     where
         F: FnOnce(Ctx) -> Fut,
         Fut: Future<Output = Result<HttpResponse, ApiError>>,
@@ -104,11 +109,18 @@ async fn observe(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
     let start = Instant::now();
-    let metrics = req.app_data::<web::Data<AppState>>().map(|s| s.metrics.clone());
+    let metrics = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| s.metrics.clone());
     let access_log = req.app_data::<web::Data<AccessLog>>().is_some_and(|a| a.0);
     let method = access_log.then(|| req.method().clone());
     let res = next.call(req).await?;
-    let interaction = res.response().extensions().get::<Interaction>().copied().unwrap_or(Interaction::Unknown);
+    let interaction = res
+        .response()
+        .extensions()
+        .get::<Interaction>()
+        .copied()
+        .unwrap_or(Interaction::Unknown);
     let status = res.status().as_u16();
     if let Some(m) = metrics {
         m.observe(interaction.name(), status, start.elapsed());
@@ -131,12 +143,37 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/metrics").route(get().to(ops::metrics)))
         .service(
             web::scope("/fhir")
-                .service(resource("/metadata").route(get().to(system::metadata)).default_service(web::to(method_not_allowed)))
-                .service(resource("/_history").route(get().to(rest::history_system)).default_service(web::to(method_not_allowed)))
-                .service(resource("/{type}/_history").route(get().to(rest::history_type)).default_service(web::to(method_not_allowed)))
-                .service(resource("/{type}/_search").route(post().to(rest::search_post)).default_service(web::to(method_not_allowed)))
-                .service(resource("/{type}/{id}/_history/{vid}").route(get().to(rest::vread)).route(head().to(rest::vread)).default_service(web::to(method_not_allowed)))
-                .service(resource("/{type}/{id}/_history").route(get().to(rest::history_instance)).default_service(web::to(method_not_allowed)))
+                .service(
+                    resource("/metadata")
+                        .route(get().to(system::metadata))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    resource("/_history")
+                        .route(get().to(rest::history_system))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    resource("/{type}/_history")
+                        .route(get().to(rest::history_type))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    resource("/{type}/_search")
+                        .route(post().to(rest::search_post))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    resource("/{type}/{id}/_history/{vid}")
+                        .route(get().to(rest::vread))
+                        .route(head().to(rest::vread))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    resource("/{type}/{id}/_history")
+                        .route(get().to(rest::history_instance))
+                        .default_service(web::to(method_not_allowed)),
+                )
                 .service(
                     resource("/{type}/{id}")
                         .route(get().to(rest::read))
@@ -154,20 +191,44 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .route(delete().to(rest::conditional_delete))
                         .default_service(web::to(method_not_allowed)),
                 )
-                .service(resource("").route(post().to(system::transaction)).default_service(web::to(method_not_allowed)))
-                .service(resource("/").route(post().to(system::transaction)).default_service(web::to(method_not_allowed))),
+                .service(
+                    resource("")
+                        .route(post().to(system::transaction))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    resource("/")
+                        .route(post().to(system::transaction))
+                        .default_service(web::to(method_not_allowed)),
+                ),
         )
         .default_service(web::to(not_found));
 }
 
 async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
-    let msg = format!("{} is not allowed on {}", req.method(), req.match_pattern().unwrap_or_else(|| req.path().to_string()));
-    outcome_response(StatusCode::METHOD_NOT_ALLOWED, &[crate::fhir::outcome::Issue::error("not-supported", msg)], Format::Json)
+    let msg = format!(
+        "{} is not allowed on {}",
+        req.method(),
+        req.match_pattern()
+            .unwrap_or_else(|| req.path().to_string())
+    );
+    outcome_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &[crate::fhir::outcome::Issue::error("not-supported", msg)],
+        Format::Json,
+    )
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {
-    let msg = format!("nothing is served at {}: the FHIR base is /fhir", req.path());
-    outcome_response(StatusCode::NOT_FOUND, &[crate::fhir::outcome::Issue::error("not-found", msg)], Format::Json)
+    let msg = format!(
+        "nothing is served at {}: the FHIR base is /fhir",
+        req.path()
+    );
+    outcome_response(
+        StatusCode::NOT_FOUND,
+        &[crate::fhir::outcome::Issue::error("not-found", msg)],
+        Format::Json,
+    )
 }
 
 /// A running server: its address and a handle to stop it.
@@ -202,9 +263,19 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
     if let Some(w) = config.workers {
         server = server.workers(w.max(1));
     }
-    let server = server.bind(config.bind).map_err(|e| StartError::Bind(config.bind, e))?;
-    let addr = server.addrs().first().copied().ok_or(StartError::NoAddress)?;
-    Ok(Running { addr, server: server.run(), store })
+    let server = server
+        .bind(config.bind)
+        .map_err(|e| StartError::Bind(config.bind, e))?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or(StartError::NoAddress)?;
+    Ok(Running {
+        addr,
+        server: server.run(),
+        store,
+    })
 }
 
 #[derive(Debug, thiserror::Error)]

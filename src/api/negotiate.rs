@@ -43,12 +43,23 @@ impl Ctx {
         }
         let format = match format_param {
             Some(f) => Format::from_mime(&f).ok_or_else(|| {
-                ApiError::new(406, "not-supported", format!("_format '{f}' is not supported: use json or xml"), Format::Json)
+                ApiError::new(
+                    406,
+                    "not-supported",
+                    format!("_format '{f}' is not supported: use json or xml"),
+                    Format::Json,
+                )
             })?,
             None => accept_format(req)?,
         };
         let (prefer, lenient) = prefer(req);
-        Ok(Ctx { format, pretty, prefer, lenient, base: base(req, base_url) })
+        Ok(Ctx {
+            format,
+            pretty,
+            prefer,
+            lenient,
+            base: base(req, base_url),
+        })
     }
 
     pub fn error(&self, e: crate::error::Error) -> ApiError {
@@ -64,7 +75,11 @@ fn accept_format(req: &HttpRequest) -> Result<Format, ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(Format::from_mime)
         .unwrap_or(Format::Json);
-    let Some(accept) = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+    let Some(accept) = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+    else {
         return Ok(body_format);
     };
     let mut wildcard = false;
@@ -93,7 +108,9 @@ fn accept_format(req: &HttpRequest) -> Result<Format, ApiError> {
         None => Err(ApiError::new(
             406,
             "not-supported",
-            format!("cannot answer in any of '{accept}': use application/fhir+json or application/fhir+xml"),
+            format!(
+                "cannot answer in any of '{accept}': use application/fhir+json or application/fhir+xml"
+            ),
             Format::Json,
         )),
     }
@@ -102,7 +119,11 @@ fn accept_format(req: &HttpRequest) -> Result<Format, ApiError> {
 fn prefer(req: &HttpRequest) -> (Option<Return>, bool) {
     let mut ret = None;
     let mut lenient = false;
-    for v in req.headers().get_all("prefer").filter_map(|v| v.to_str().ok()) {
+    for v in req
+        .headers()
+        .get_all("prefer")
+        .filter_map(|v| v.to_str().ok())
+    {
         for part in v.split([',', ';']) {
             match part.trim().replace(' ', "").as_str() {
                 "return=minimal" => ret = Some(Return::Minimal),
@@ -152,7 +173,12 @@ pub fn etag_header(req: &HttpRequest, name: &str, fmt: Format) -> Result<Option<
         None => Ok(None),
         Some("*") if name.eq_ignore_ascii_case("if-none-match") => Ok(Some(0)),
         Some(v) => crate::fhir::bundle::parse_etag(v).map(Some).ok_or_else(|| {
-            ApiError::new(400, "value", format!("{name} '{v}' is not an ETag like W/\"1\""), fmt)
+            ApiError::new(
+                400,
+                "value",
+                format!("{name} '{v}' is not an ETag like W/\"1\""),
+                fmt,
+            )
         }),
     }
 }

@@ -12,10 +12,14 @@ pub async fn healthz() -> HttpResponse {
 
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let mut r = match state.fhir.store().ping().await {
-        Ok(()) => HttpResponse::Ok().content_type("text/plain").body("ready\n"),
+        Ok(()) => HttpResponse::Ok()
+            .content_type("text/plain")
+            .body("ready\n"),
         Err(e) => {
             tracing::warn!(error = %e, "not ready: database unreachable");
-            HttpResponse::ServiceUnavailable().content_type("text/plain").body("database unreachable\n")
+            HttpResponse::ServiceUnavailable()
+                .content_type("text/plain")
+                .body("database unreachable\n")
         }
     };
     r.extensions_mut().insert(Interaction::Operations);
@@ -23,7 +27,9 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 pub async fn metrics(_req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let mut r = HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render());
+    let mut r = HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render());
     r.extensions_mut().insert(Interaction::Operations);
     r
 }

@@ -2,8 +2,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use actix_web::http::header::{self, HttpDate};
 use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HttpDate};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 
@@ -25,13 +25,30 @@ type Reply = Result<HttpResponse, ApiError>;
 /// The resource type named in the URL, or 404.
 pub fn resource_type(name: &str, ctx: &Ctx) -> Result<&'static str, ApiError> {
     R4.resource_type(name).ok_or_else(|| {
-        ApiError::new(404, "not-supported", format!("'{name}' is not a FHIR R4 resource type"), ctx.format)
+        ApiError::new(
+            404,
+            "not-supported",
+            format!("'{name}' is not a FHIR R4 resource type"),
+            ctx.format,
+        )
     })
 }
 
 /// Reads a request body up to the configured limit; larger bodies are 413, unread.
-pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usize, ctx: &Ctx) -> Result<web::Bytes, ApiError> {
-    let too_large = || ApiError::new(413, "too-costly", format!("the request body is larger than the limit of {limit} bytes"), ctx.format);
+pub async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+    ctx: &Ctx,
+) -> Result<web::Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            413,
+            "too-costly",
+            format!("the request body is larger than the limit of {limit} bytes"),
+            ctx.format,
+        )
+    };
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -42,7 +59,14 @@ pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usiz
     }
     let mut body = web::BytesMut::with_capacity(declared.unwrap_or(8192).min(limit));
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::new(400, "structure", format!("cannot read the request body: {e}"), ctx.format))?;
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                400,
+                "structure",
+                format!("cannot read the request body: {e}"),
+                ctx.format,
+            )
+        })?;
         if body.len() + chunk.len() > limit {
             return Err(too_large());
         }
@@ -52,16 +76,33 @@ pub async fn read_body(req: &HttpRequest, mut payload: web::Payload, limit: usiz
 }
 
 /// Parses and validates a resource body, checking its type against the URL's.
-fn parse_body(req: &HttpRequest, body: &[u8], ty: &str, ctx: &Ctx) -> Result<serde_json::Value, ApiError> {
+fn parse_body(
+    req: &HttpRequest,
+    body: &[u8],
+    ty: &str,
+    ctx: &Ctx,
+) -> Result<serde_json::Value, ApiError> {
     let fmt = body_format(req, body, ctx.format)?;
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::new(400, "required", "the request has no body: send a resource", ctx.format));
+        return Err(ApiError::new(
+            400,
+            "required",
+            "the request has no body: send a resource",
+            ctx.format,
+        ));
     }
-    let (value, body_ty) = parse_resource(body, fmt).map_err(|issues| ctx.error(Error::Invalid(issues)))?;
+    let (value, body_ty) =
+        parse_resource(body, fmt).map_err(|issues| ctx.error(Error::Invalid(issues)))?;
     if body_ty != ty {
         return Err(ApiError {
             status: StatusCode::BAD_REQUEST,
-            issues: vec![Issue::error("invalid", format!("the body is a {body_ty}, but the URL is for {ty}")).at(format!("{body_ty}.resourceType"))],
+            issues: vec![
+                Issue::error(
+                    "invalid",
+                    format!("the body is a {body_ty}, but the URL is for {ty}"),
+                )
+                .at(format!("{body_ty}.resourceType")),
+            ],
             format: ctx.format,
         });
     }
@@ -73,12 +114,21 @@ fn http_date(ms: i64) -> HttpDate {
 }
 
 /// A response carrying a stored version, shaped by `Prefer: return=`.
-fn resource_response(status: StatusCode, s: &Stored, ctx: &Ctx, location: bool, message: &str) -> Reply {
+fn resource_response(
+    status: StatusCode,
+    s: &Stored,
+    ctx: &Ctx,
+    location: bool,
+    message: &str,
+) -> Reply {
     let mut b = HttpResponse::build(status);
     b.insert_header((header::ETAG, format!("W/\"{}\"", s.version)))
         .insert_header((header::LAST_MODIFIED, http_date(s.last_updated)));
     if location {
-        b.insert_header((header::LOCATION, format!("{}/{}/{}/_history/{}", ctx.base, s.ty, s.id, s.version)));
+        b.insert_header((
+            header::LOCATION,
+            format!("{}/{}/{}/_history/{}", ctx.base, s.ty, s.id, s.version),
+        ));
     }
     match ctx.prefer.unwrap_or(Return::Representation) {
         Return::Minimal => Ok(b.finish()),
@@ -90,35 +140,64 @@ fn resource_response(status: StatusCode, s: &Stored, ctx: &Ctx, location: bool, 
             Ok(r)
         }
         Return::Representation => {
-            let body = render(&s.body, ctx.format, ctx.pretty).map_err(|i| ctx.error(Error::Invalid(vec![i])))?;
+            let body = render(&s.body, ctx.format, ctx.pretty)
+                .map_err(|i| ctx.error(Error::Invalid(vec![i])))?;
             Ok(b.content_type(ctx.format.mime()).body(body))
         }
     }
 }
 
 fn written_response(w: &Written, ctx: &Ctx, what: &str) -> Reply {
-    let status = if w.created { StatusCode::CREATED } else { StatusCode::OK };
-    let msg = if w.created { format!("{what}: created {}/{} version {}", w.stored.ty, w.stored.id, w.stored.version) } else { format!("{what}: {}/{} version {}", w.stored.ty, w.stored.id, w.stored.version) };
+    let status = if w.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let msg = if w.created {
+        format!(
+            "{what}: created {}/{} version {}",
+            w.stored.ty, w.stored.id, w.stored.version
+        )
+    } else {
+        format!(
+            "{what}: {}/{} version {}",
+            w.stored.ty, w.stored.id, w.stored.version
+        )
+    };
     resource_response(status, &w.stored, ctx, w.created || what == "create", &msg)
 }
 
 /// `GET [type]/[id]`, with `If-None-Match` and `If-Modified-Since` (304).
-pub async fn read(req: HttpRequest, path: web::Path<(String, String)>, state: web::Data<AppState>) -> HttpResponse {
-    state.reply(&req, Interaction::Read, |ctx| async {
-        let ctx = ctx;
-        let (ty, id) = path.into_inner();
-        let ty = resource_type(&ty, &ctx)?;
-        let if_none_match = etag_header(&req, "if-none-match", ctx.format)?;
-        let stored = state.fhir.read(ty, id).await.map_err(|e| ctx.error(e))?;
-        if not_modified(&req, &stored, if_none_match) {
-            return Ok(HttpResponse::NotModified()
-                .insert_header((header::ETAG, format!("W/\"{}\"", stored.version)))
-                .insert_header((header::LAST_MODIFIED, http_date(stored.last_updated)))
-                .finish());
-        }
-        resource_response(StatusCode::OK, &stored, &Ctx { prefer: None, ..ctx }, false, "")
-    })
-    .await
+pub async fn read(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    state
+        .reply(&req, Interaction::Read, |ctx| async {
+            let ctx = ctx;
+            let (ty, id) = path.into_inner();
+            let ty = resource_type(&ty, &ctx)?;
+            let if_none_match = etag_header(&req, "if-none-match", ctx.format)?;
+            let stored = state.fhir.read(ty, id).await.map_err(|e| ctx.error(e))?;
+            if not_modified(&req, &stored, if_none_match) {
+                return Ok(HttpResponse::NotModified()
+                    .insert_header((header::ETAG, format!("W/\"{}\"", stored.version)))
+                    .insert_header((header::LAST_MODIFIED, http_date(stored.last_updated)))
+                    .finish());
+            }
+            resource_response(
+                StatusCode::OK,
+                &stored,
+                &Ctx {
+                    prefer: None,
+                    ..ctx
+                },
+                false,
+                "",
+            )
+        })
+        .await
 }
 
 fn not_modified(req: &HttpRequest, s: &Stored, if_none_match: Option<i64>) -> bool {
@@ -140,65 +219,129 @@ fn not_modified(req: &HttpRequest, s: &Stored, if_none_match: Option<i64>) -> bo
 }
 
 /// `GET [type]/[id]/_history/[vid]`.
-pub async fn vread(req: HttpRequest, path: web::Path<(String, String, String)>, state: web::Data<AppState>) -> HttpResponse {
-    state.reply(&req, Interaction::Vread, |ctx| async {
-        let ctx = ctx;
-        let (ty, id, vid) = path.into_inner();
-        let ty = resource_type(&ty, &ctx)?;
-        let version = vid.parse::<i64>().map_err(|_| {
-            ApiError::new(404, "not-found", format!("'{vid}' is not a version of this server (versions are 1, 2, ...)"), ctx.format)
-        })?;
-        let stored = state.fhir.vread(ty, id, version).await.map_err(|e| ctx.error(e))?;
-        resource_response(StatusCode::OK, &stored, &Ctx { prefer: None, ..ctx }, false, "")
-    })
-    .await
+pub async fn vread(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    state
+        .reply(&req, Interaction::Vread, |ctx| async {
+            let ctx = ctx;
+            let (ty, id, vid) = path.into_inner();
+            let ty = resource_type(&ty, &ctx)?;
+            let version = vid.parse::<i64>().map_err(|_| {
+                ApiError::new(
+                    404,
+                    "not-found",
+                    format!("'{vid}' is not a version of this server (versions are 1, 2, ...)"),
+                    ctx.format,
+                )
+            })?;
+            let stored = state
+                .fhir
+                .vread(ty, id, version)
+                .await
+                .map_err(|e| ctx.error(e))?;
+            resource_response(
+                StatusCode::OK,
+                &stored,
+                &Ctx {
+                    prefer: None,
+                    ..ctx
+                },
+                false,
+                "",
+            )
+        })
+        .await
 }
 
 /// `POST [type]`, with `If-None-Exist` for conditional create.
-pub async fn create(req: HttpRequest, path: web::Path<String>, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
-    state.reply(&req, Interaction::Create, |ctx| async {
-        let ctx = ctx;
-        let ty = resource_type(&path, &ctx)?;
-        let condition = match req.headers().get("if-none-exist").and_then(|v| v.to_str().ok()) {
-            Some(q) => Some(Condition::parse(q.trim_start_matches('?').split_once('?').map_or(q.trim_start_matches('?'), |(_, q)| q)).map_err(|e| ctx.error(e))?),
-            None => None,
-        };
-        let body = read_body(&req, payload, state.max_body, &ctx).await?;
-        let value = parse_body(&req, &body, ty, &ctx)?;
-        let w = state.fhir.create(ty, value, condition).await.map_err(|e| ctx.error(e))?;
-        written_response(&w, &ctx, "create")
-    })
-    .await
+pub async fn create(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    state
+        .reply(&req, Interaction::Create, |ctx| async {
+            let ctx = ctx;
+            let ty = resource_type(&path, &ctx)?;
+            let condition = match req
+                .headers()
+                .get("if-none-exist")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(q) => Some(
+                    Condition::parse(
+                        q.trim_start_matches('?')
+                            .split_once('?')
+                            .map_or(q.trim_start_matches('?'), |(_, q)| q),
+                    )
+                    .map_err(|e| ctx.error(e))?,
+                ),
+                None => None,
+            };
+            let body = read_body(&req, payload, state.max_body, &ctx).await?;
+            let value = parse_body(&req, &body, ty, &ctx)?;
+            let w = state
+                .fhir
+                .create(ty, value, condition)
+                .await
+                .map_err(|e| ctx.error(e))?;
+            written_response(&w, &ctx, "create")
+        })
+        .await
 }
 
 /// `PUT [type]/[id]`: update, or create with the client's id; `If-Match` for optimistic locking.
-pub async fn update(req: HttpRequest, path: web::Path<(String, String)>, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
-    state.reply(&req, Interaction::Update, |ctx| async {
-        let ctx = ctx;
-        let (ty, id) = path.into_inner();
-        let ty = resource_type(&ty, &ctx)?;
-        let if_match = etag_header(&req, "if-match", ctx.format)?;
-        let body = read_body(&req, payload, state.max_body, &ctx).await?;
-        let value = parse_body(&req, &body, ty, &ctx)?;
-        let w = state.fhir.update(ty, id, value, if_match).await.map_err(|e| ctx.error(e))?;
-        written_response(&w, &ctx, "update")
-    })
-    .await
+pub async fn update(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    state
+        .reply(&req, Interaction::Update, |ctx| async {
+            let ctx = ctx;
+            let (ty, id) = path.into_inner();
+            let ty = resource_type(&ty, &ctx)?;
+            let if_match = etag_header(&req, "if-match", ctx.format)?;
+            let body = read_body(&req, payload, state.max_body, &ctx).await?;
+            let value = parse_body(&req, &body, ty, &ctx)?;
+            let w = state
+                .fhir
+                .update(ty, id, value, if_match)
+                .await
+                .map_err(|e| ctx.error(e))?;
+            written_response(&w, &ctx, "update")
+        })
+        .await
 }
 
 /// `PUT [type]?criteria`: conditional update.
-pub async fn conditional_update(req: HttpRequest, path: web::Path<String>, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
-    state.reply(&req, Interaction::Update, |ctx| async {
-        let ctx = ctx;
-        let ty = resource_type(&path, &ctx)?;
-        let condition = criteria(&req, &ctx)?;
-        let if_match = etag_header(&req, "if-match", ctx.format)?;
-        let body = read_body(&req, payload, state.max_body, &ctx).await?;
-        let value = parse_body(&req, &body, ty, &ctx)?;
-        let w = state.fhir.conditional_update(ty, condition, value, if_match).await.map_err(|e| ctx.error(e))?;
-        written_response(&w, &ctx, "update")
-    })
-    .await
+pub async fn conditional_update(
+    req: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    state
+        .reply(&req, Interaction::Update, |ctx| async {
+            let ctx = ctx;
+            let ty = resource_type(&path, &ctx)?;
+            let condition = criteria(&req, &ctx)?;
+            let if_match = etag_header(&req, "if-match", ctx.format)?;
+            let body = read_body(&req, payload, state.max_body, &ctx).await?;
+            let value = parse_body(&req, &body, ty, &ctx)?;
+            let w = state
+                .fhir
+                .conditional_update(ty, condition, value, if_match)
+                .await
+                .map_err(|e| ctx.error(e))?;
+            written_response(&w, &ctx, "update")
+        })
+        .await
 }
 
 /// The search criteria of a conditional interaction: the query string without `_format` etc.
@@ -208,14 +351,26 @@ fn criteria(req: &HttpRequest, ctx: &Ctx) -> Result<Condition, ApiError> {
         .filter(|(k, _)| !matches!(k.as_str(), "_format" | "_pretty"))
         .collect();
     if q.is_empty() {
-        return Err(ApiError::new(400, "required", "a conditional interaction needs search criteria in the URL", ctx.format));
+        return Err(ApiError::new(
+            400,
+            "required",
+            "a conditional interaction needs search criteria in the URL",
+            ctx.format,
+        ));
     }
-    let query: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(q).finish();
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(q)
+        .finish();
     Condition::parse(&query).map_err(|e| ctx.error(e))
 }
 
 /// `PATCH [type]/[id]` with a JSON Patch body.
-pub async fn patch(req: HttpRequest, path: web::Path<(String, String)>, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+pub async fn patch(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     state.reply(&req, Interaction::Patch, |ctx| async {
         let ctx = ctx;
         let (ty, id) = path.into_inner();
@@ -240,27 +395,41 @@ pub async fn patch(req: HttpRequest, path: web::Path<(String, String)>, payload:
 }
 
 /// `DELETE [type]/[id]`.
-pub async fn delete(req: HttpRequest, path: web::Path<(String, String)>, state: web::Data<AppState>) -> HttpResponse {
-    state.reply(&req, Interaction::Delete, |ctx| async {
-        let ctx = ctx;
-        let (ty, id) = path.into_inner();
-        let ty = resource_type(&ty, &ctx)?;
-        let deleted = state.fhir.delete(ty, id).await.map_err(|e| ctx.error(e))?;
-        Ok(deleted_response(deleted.as_ref(), &ctx))
-    })
-    .await
+pub async fn delete(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    state
+        .reply(&req, Interaction::Delete, |ctx| async {
+            let ctx = ctx;
+            let (ty, id) = path.into_inner();
+            let ty = resource_type(&ty, &ctx)?;
+            let deleted = state.fhir.delete(ty, id).await.map_err(|e| ctx.error(e))?;
+            Ok(deleted_response(deleted.as_ref(), &ctx))
+        })
+        .await
 }
 
 /// `DELETE [type]?criteria`.
-pub async fn conditional_delete(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
-    state.reply(&req, Interaction::Delete, |ctx| async {
-        let ctx = ctx;
-        let ty = resource_type(&path, &ctx)?;
-        let condition = criteria(&req, &ctx)?;
-        let deleted = state.fhir.conditional_delete(ty, condition).await.map_err(|e| ctx.error(e))?;
-        Ok(deleted_response(deleted.as_ref(), &ctx))
-    })
-    .await
+pub async fn conditional_delete(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    state
+        .reply(&req, Interaction::Delete, |ctx| async {
+            let ctx = ctx;
+            let ty = resource_type(&path, &ctx)?;
+            let condition = criteria(&req, &ctx)?;
+            let deleted = state
+                .fhir
+                .conditional_delete(ty, condition)
+                .await
+                .map_err(|e| ctx.error(e))?;
+            Ok(deleted_response(deleted.as_ref(), &ctx))
+        })
+        .await
 }
 
 fn deleted_response(deleted: Option<&Stored>, ctx: &Ctx) -> HttpResponse {
@@ -283,13 +452,22 @@ fn deleted_response(deleted: Option<&Stored>, ctx: &Ctx) -> HttpResponse {
 }
 
 /// `GET [type]?identifier=..&_id=..`: the search of this issue (full search is its own issue).
-pub async fn search(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+pub async fn search(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let query = req.query_string().to_string();
     search_with(req, path.into_inner(), query, state).await
 }
 
 /// `POST [type]/_search` with form-encoded parameters.
-pub async fn search_post(req: HttpRequest, path: web::Path<String>, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+pub async fn search_post(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let mut query = req.query_string().to_string();
     if let Ok(form) = std::str::from_utf8(&body) {
         if !form.is_empty() {
@@ -302,7 +480,12 @@ pub async fn search_post(req: HttpRequest, path: web::Path<String>, body: web::B
     search_with(req, path.into_inner(), query, state).await
 }
 
-async fn search_with(req: HttpRequest, ty: String, query: String, state: web::Data<AppState>) -> HttpResponse {
+async fn search_with(
+    req: HttpRequest,
+    ty: String,
+    query: String,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     state.reply(&req, Interaction::Search, |ctx| async {
         let ctx = ctx;
         let ty = resource_type(&ty, &ctx)?;
@@ -355,59 +538,109 @@ async fn search_with(req: HttpRequest, ty: String, query: String, state: web::Da
 
 /// A Bundle response in the negotiated format.
 pub fn bundle_response(json: &str, ctx: &Ctx) -> Reply {
-    let body = render(json, ctx.format, ctx.pretty).map_err(|i| ctx.error(Error::Invalid(vec![i])))?;
-    Ok(HttpResponse::Ok().content_type(ctx.format.mime()).body(body))
+    let body =
+        render(json, ctx.format, ctx.pretty).map_err(|i| ctx.error(Error::Invalid(vec![i])))?;
+    Ok(HttpResponse::Ok()
+        .content_type(ctx.format.mime())
+        .body(body))
 }
 
 /// `GET [type]/[id]/_history`.
-pub async fn history_instance(req: HttpRequest, path: web::Path<(String, String)>, state: web::Data<AppState>) -> HttpResponse {
-    state.reply(&req, Interaction::HistoryInstance, |ctx| async {
-        let ctx = ctx;
-        let (ty, id) = path.into_inner();
-        let ty = resource_type(&ty, &ctx)?;
-        history(&req, &ctx, &state, HistoryScope::Instance(ty.to_string(), id.clone()), &format!("{ty}/{id}/_history")).await
-    })
-    .await
+pub async fn history_instance(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    state
+        .reply(&req, Interaction::HistoryInstance, |ctx| async {
+            let ctx = ctx;
+            let (ty, id) = path.into_inner();
+            let ty = resource_type(&ty, &ctx)?;
+            history(
+                &req,
+                &ctx,
+                &state,
+                HistoryScope::Instance(ty.to_string(), id.clone()),
+                &format!("{ty}/{id}/_history"),
+            )
+            .await
+        })
+        .await
 }
 
 /// `GET [type]/_history`.
-pub async fn history_type(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
-    state.reply(&req, Interaction::HistoryType, |ctx| async {
-        let ctx = ctx;
-        let ty = resource_type(&path, &ctx)?;
-        history(&req, &ctx, &state, HistoryScope::Type(ty.to_string()), &format!("{ty}/_history")).await
-    })
-    .await
+pub async fn history_type(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    state
+        .reply(&req, Interaction::HistoryType, |ctx| async {
+            let ctx = ctx;
+            let ty = resource_type(&path, &ctx)?;
+            history(
+                &req,
+                &ctx,
+                &state,
+                HistoryScope::Type(ty.to_string()),
+                &format!("{ty}/_history"),
+            )
+            .await
+        })
+        .await
 }
 
 /// `GET /_history`.
 pub async fn history_system(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    state.reply(&req, Interaction::HistorySystem, |ctx| async {
-        let ctx = ctx;
-        history(&req, &ctx, &state, HistoryScope::System, "_history").await
-    })
-    .await
+    state
+        .reply(&req, Interaction::HistorySystem, |ctx| async {
+            let ctx = ctx;
+            history(&req, &ctx, &state, HistoryScope::System, "_history").await
+        })
+        .await
 }
 
 /// A history Bundle (R4 §3.1.0.9): newest first, `_since`, `_at`, `_count`, and a `next` link
 /// that continues after the last entry (stable while new versions arrive).
-async fn history(req: &HttpRequest, ctx: &Ctx, state: &AppState, scope: HistoryScope, path: &str) -> Reply {
+async fn history(
+    req: &HttpRequest,
+    ctx: &Ctx,
+    state: &AppState,
+    scope: HistoryScope,
+    path: &str,
+) -> Reply {
     let bad = |m: String| ApiError::new(400, "value", m, ctx.format);
-    let mut q = HistoryQuery { scope, since: None, at: None, before: None, limit: 50 };
+    let mut q = HistoryQuery {
+        scope,
+        since: None,
+        at: None,
+        before: None,
+        limit: 50,
+    };
     let mut kept: Vec<(String, String)> = Vec::new();
     for (k, v) in form_urlencoded::parse(req.query_string().as_bytes()) {
         match k.as_ref() {
             "_count" => {
-                q.limit = v.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| bad(format!("_count '{v}' is not a positive number")))?.min(1000);
+                q.limit = v
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| bad(format!("_count '{v}' is not a positive number")))?
+                    .min(1000);
                 kept.push((k.into_owned(), v.into_owned()));
             }
             "_since" => {
-                let d = datetime::parse_instant(&v).map_err(|_| bad(format!("_since '{v}' is not an instant like 2024-01-01T00:00:00Z")))?;
+                let d = datetime::parse_instant(&v).map_err(|_| {
+                    bad(format!(
+                        "_since '{v}' is not an instant like 2024-01-01T00:00:00Z"
+                    ))
+                })?;
                 q.since = Some(d.range().0);
                 kept.push((k.into_owned(), v.into_owned()));
             }
             "_at" => {
-                let d = datetime::parse_date_time(&v).map_err(|_| bad(format!("_at '{v}' is not a date or dateTime")))?;
+                let d = datetime::parse_date_time(&v)
+                    .map_err(|_| bad(format!("_at '{v}' is not a date or dateTime")))?;
                 q.at = Some(d.range());
                 kept.push((k.into_owned(), v.into_owned()));
             }
@@ -419,7 +652,11 @@ async fn history(req: &HttpRequest, ctx: &Ctx, state: &AppState, scope: HistoryS
                 q.before = Some((lu, pk));
             }
             "_format" | "_pretty" => kept.push((k.into_owned(), v.into_owned())),
-            other => return Err(bad(format!("'{other}' is not a parameter of history (use _count, _since, _at)"))),
+            other => {
+                return Err(bad(format!(
+                    "'{other}' is not a parameter of history (use _count, _since, _at)"
+                )));
+            }
         }
     }
     let limit = q.limit;
@@ -431,15 +668,25 @@ async fn history(req: &HttpRequest, ctx: &Ctx, state: &AppState, scope: HistoryS
             s.append_pair("_page", &p);
         }
         let qs = s.finish();
-        if qs.is_empty() { format!("{}/{path}", ctx.base) } else { format!("{}/{path}?{qs}", ctx.base) }
+        if qs.is_empty() {
+            format!("{}/{path}", ctx.base)
+        } else {
+            format!("{}/{path}?{qs}", ctx.base)
+        }
     };
     let mut links = vec![("self", link(None))];
     if rows.len() as i64 == limit {
         if let Some(last) = rows.last() {
-            links.push(("next", link(Some(format!("{}.{}", last.last_updated, last.pk)))));
+            links.push((
+                "next",
+                link(Some(format!("{}.{}", last.last_updated, last.pk))),
+            ));
         }
     }
-    let entries: Vec<EntryOut> = rows.into_iter().map(|s| history_entry(s, &ctx.base)).collect();
+    let entries: Vec<EntryOut> = rows
+        .into_iter()
+        .map(|s| history_entry(s, &ctx.base))
+        .collect();
     let json = bundle_json("history", total, &links, &entries);
     bundle_response(&json, ctx)
 }

@@ -15,7 +15,8 @@ use super::bundle_out::{EntryOut, ResponseOut, bundle_json};
 use super::condition::Condition;
 use super::datetime::now_millis;
 use super::interactions::{
-    Fhir, Stored, Written, check_id, conditional_match, delete_in, new_id, patch_in, prepare, retry, update_in,
+    Fhir, Stored, Written, check_id, conditional_match, delete_in, new_id, patch_in, prepare,
+    retry, update_in,
 };
 use super::links::{LinkKind, for_each_link};
 use super::outcome::{self, Issue};
@@ -54,7 +55,10 @@ enum Target {
 impl Target {
     fn ty(&self) -> &'static str {
         match self {
-            Target::Type(t) | Target::Instance(t, _) | Target::Version(t, _, _) | Target::Query(t, _) => t,
+            Target::Type(t)
+            | Target::Instance(t, _)
+            | Target::Version(t, _, _)
+            | Target::Query(t, _) => t,
         }
     }
 }
@@ -74,25 +78,40 @@ struct Entry {
 /// Processes a transaction or batch Bundle; returns the response Bundle as FHIR JSON.
 /// `reparse` gives the request's Bundle afresh: a transaction that lost a race to a concurrent
 /// write is retried from it (links rewritten in the first attempt must not leak into the next).
-pub async fn process<F>(fhir: &Fhir, bundle: Value, reparse: F, opts: &BundleOptions) -> Result<String>
+pub async fn process<F>(
+    fhir: &Fhir,
+    bundle: Value,
+    reparse: F,
+    opts: &BundleOptions,
+) -> Result<String>
 where
     F: Fn() -> Result<Value>,
 {
-    let kind = bundle.get("type").and_then(Value::as_str).unwrap_or("").to_string();
+    let kind = bundle
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     match kind.as_str() {
         "transaction" => {
-            let entries = parse_entries(bundle, &opts.base).into_iter().collect::<Result<Vec<_>>>()?;
+            let entries = parse_entries(bundle, &opts.base)
+                .into_iter()
+                .collect::<Result<Vec<_>>>()?;
             check_unique(&entries)?;
             let mut first = Some(entries);
             let out = retry(|| {
                 let entries = match first.take() {
                     Some(e) => Ok(e),
-                    None => reparse().and_then(|b| parse_entries(b, &opts.base).into_iter().collect()),
+                    None => {
+                        reparse().and_then(|b| parse_entries(b, &opts.base).into_iter().collect())
+                    }
                 };
                 let opts = opts.clone();
                 async move {
                     let entries = entries?;
-                    fhir.store().write(move |s| run_transaction(s, entries, &opts)).await
+                    fhir.store()
+                        .write(move |s| run_transaction(s, entries, &opts))
+                        .await
                 }
             })
             .await?;
@@ -104,7 +123,9 @@ where
         }
         other => Err(Error::invalid_at(
             "invalid",
-            format!("a Bundle posted to the base URL must be a transaction or a batch, not '{other}'"),
+            format!(
+                "a Bundle posted to the base URL must be a transaction or a batch, not '{other}'"
+            ),
             "Bundle.type",
         )),
     }
@@ -117,7 +138,10 @@ fn at(index: usize, rest: &str) -> String {
 fn entry_error(index: usize, e: Error) -> Error {
     match e {
         Error::Entry { .. } => e,
-        e => Error::Entry { index, source: Box::new(e) },
+        e => Error::Entry {
+            index,
+            source: Box::new(e),
+        },
     }
 }
 
@@ -131,14 +155,22 @@ fn parse_entries(bundle: Value, base: &str) -> Vec<Result<Entry>> {
         },
         _ => Vec::new(),
     };
-    items.into_iter().enumerate().map(|(i, e)| parse_entry(i, e, base)).collect()
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| parse_entry(i, e, base))
+        .collect()
 }
 
 fn parse_entry(index: usize, mut e: Value, base: &str) -> Result<Entry> {
     let resource = e.as_object_mut().and_then(|o| o.remove("resource"));
-    let request = e
-        .get("request")
-        .ok_or_else(|| Error::invalid_at("required", "the entry has no request", at(index, ".request")))?;
+    let request = e.get("request").ok_or_else(|| {
+        Error::invalid_at(
+            "required",
+            "the entry has no request",
+            at(index, ".request"),
+        )
+    })?;
     let method = request.get("method").and_then(Value::as_str).unwrap_or("");
     let verb = match method {
         "GET" => Verb::Get,
@@ -147,22 +179,40 @@ fn parse_entry(index: usize, mut e: Value, base: &str) -> Result<Entry> {
         "PUT" => Verb::Put,
         "PATCH" => Verb::Patch,
         "DELETE" => Verb::Delete,
-        _ => return Err(Error::invalid_at("value", format!("unknown method '{method}'"), at(index, ".request.method"))),
+        _ => {
+            return Err(Error::invalid_at(
+                "value",
+                format!("unknown method '{method}'"),
+                at(index, ".request.method"),
+            ));
+        }
     };
     let raw_url = request.get("url").and_then(Value::as_str).unwrap_or("");
-    let url = raw_url.strip_prefix(base).map(|u| u.trim_start_matches('/')).unwrap_or(raw_url).to_string();
-    let target = parse_target(&url, verb).map_err(|m| Error::invalid_at("value", m, at(index, ".request.url")))?;
+    let url = raw_url
+        .strip_prefix(base)
+        .map(|u| u.trim_start_matches('/'))
+        .unwrap_or(raw_url)
+        .to_string();
+    let target = parse_target(&url, verb)
+        .map_err(|m| Error::invalid_at("value", m, at(index, ".request.url")))?;
     let needs_resource = matches!(verb, Verb::Post | Verb::Put | Verb::Patch);
     match (&resource, needs_resource) {
         (None, true) => {
-            return Err(Error::invalid_at("required", format!("a {method} entry needs a resource"), at(index, ".resource")));
+            return Err(Error::invalid_at(
+                "required",
+                format!("a {method} entry needs a resource"),
+                at(index, ".resource"),
+            ));
         }
         (Some(r), true) if verb != Verb::Patch => {
             let rt = r.get("resourceType").and_then(Value::as_str).unwrap_or("");
             if rt != target.ty() {
                 return Err(Error::invalid_at(
                     "invalid",
-                    format!("the resource is a {rt} but the request URL is for {}", target.ty()),
+                    format!(
+                        "the resource is a {rt} but the request URL is for {}",
+                        target.ty()
+                    ),
                     at(index, ".resource"),
                 ));
             }
@@ -171,12 +221,18 @@ fn parse_entry(index: usize, mut e: Value, base: &str) -> Result<Entry> {
     }
     let if_match = match request.get("ifMatch").and_then(Value::as_str) {
         Some(s) => Some(parse_etag(s).ok_or_else(|| {
-            Error::invalid_at("value", format!("ifMatch '{s}' is not an ETag like W/\"1\""), at(index, ".request.ifMatch"))
+            Error::invalid_at(
+                "value",
+                format!("ifMatch '{s}' is not an ETag like W/\"1\""),
+                at(index, ".request.ifMatch"),
+            )
         })?),
         None => None,
     };
     let if_none_exist = match request.get("ifNoneExist").and_then(Value::as_str) {
-        Some(q) => Some(Condition::parse(q.trim_start_matches('?')).map_err(|e| entry_error(index, e))?),
+        Some(q) => {
+            Some(Condition::parse(q.trim_start_matches('?')).map_err(|e| entry_error(index, e))?)
+        }
         None => None,
     };
     Ok(Entry {
@@ -213,24 +269,35 @@ fn parse_target(url: &str, verb: Verb) -> std::result::Result<Target, String> {
         ([_], Some(q)) => Target::Query(ty, q.to_string()),
         ([_], None) => Target::Type(ty),
         ([_, id], _) => Target::Instance(ty, id.to_string()),
-        ([_, id, "_history", v], _) => {
-            Target::Version(ty, id.to_string(), v.parse().map_err(|_| format!("'{v}' is not a version number"))?)
-        }
+        ([_, id, "_history", v], _) => Target::Version(
+            ty,
+            id.to_string(),
+            v.parse()
+                .map_err(|_| format!("'{v}' is not a version number"))?,
+        ),
         _ => return Err(format!("cannot process the URL '{url}'")),
     };
     let ok = match verb {
         Verb::Post => matches!(target, Target::Type(_) | Target::Query(..)),
-        Verb::Put | Verb::Patch | Verb::Delete => matches!(target, Target::Instance(..) | Target::Query(..)),
+        Verb::Put | Verb::Patch | Verb::Delete => {
+            matches!(target, Target::Instance(..) | Target::Query(..))
+        }
         Verb::Get | Verb::Head => true,
     };
-    if ok { Ok(target) } else { Err(format!("{verb:?} cannot be applied to '{url}'")) }
+    if ok {
+        Ok(target)
+    } else {
+        Err(format!("{verb:?} cannot be applied to '{url}'"))
+    }
 }
 
 /// R4 §3.1.0.11.2: a resource may be the subject of only one entry of a transaction.
 fn check_unique(entries: &[Entry]) -> Result<()> {
     let mut seen = HashSet::new();
     for e in entries {
-        if let (Verb::Put | Verb::Patch | Verb::Delete, Target::Instance(t, id)) = (e.verb, &e.target) {
+        if let (Verb::Put | Verb::Patch | Verb::Delete, Target::Instance(t, id)) =
+            (e.verb, &e.target)
+        {
             if !seen.insert((*t, id.as_str())) {
                 return Err(Error::invalid_at(
                     "duplicate",
@@ -243,7 +310,11 @@ fn check_unique(entries: &[Entry]) -> Result<()> {
     Ok(())
 }
 
-fn run_transaction(s: &mut Session<'_>, mut entries: Vec<Entry>, opts: &BundleOptions) -> Result<Vec<EntryOut>> {
+fn run_transaction(
+    s: &mut Session<'_>,
+    mut entries: Vec<Entry>,
+    opts: &BundleOptions,
+) -> Result<Vec<EntryOut>> {
     let now = now_millis();
     let n = entries.len();
     let mut out: Vec<Option<EntryOut>> = (0..n).map(|_| None).collect();
@@ -260,9 +331,18 @@ fn run_transaction(s: &mut Session<'_>, mut entries: Vec<Entry>, opts: &BundleOp
     for e in entries.iter_mut().filter(|e| e.verb == Verb::Post) {
         let ty = e.target.ty();
         if let Some(c) = &e.if_none_exist {
-            if let Some(existing) = conditional_match(s, ty, c).map_err(|err| entry_error(e.index, err))? {
+            if let Some(existing) =
+                conditional_match(s, ty, c).map_err(|err| entry_error(e.index, err))?
+            {
                 map_full_url(&mut ids, e.full_url.as_deref(), ty, &existing.id);
-                out[e.index] = Some(written_entry(&Written { stored: existing, created: false }, opts, true));
+                out[e.index] = Some(written_entry(
+                    &Written {
+                        stored: existing,
+                        created: false,
+                    },
+                    opts,
+                    true,
+                ));
                 e.resource = None;
                 continue;
             }
@@ -272,13 +352,18 @@ fn run_transaction(s: &mut Session<'_>, mut entries: Vec<Entry>, opts: &BundleOp
         creates.push((e.index, id));
     }
     let mut put_ids: HashMap<usize, String> = HashMap::new();
-    for e in entries.iter().filter(|e| e.verb == Verb::Put || e.verb == Verb::Patch) {
+    for e in entries
+        .iter()
+        .filter(|e| e.verb == Verb::Put || e.verb == Verb::Patch)
+    {
         let ty = e.target.ty();
         let id = match &e.target {
             Target::Instance(_, id) => id.clone(),
             Target::Query(_, q) => {
                 let c = Condition::parse(q).map_err(|err| entry_error(e.index, err))?;
-                let found = c.matches(s, ty, 2).map_err(|err| entry_error(e.index, err))?;
+                let found = c
+                    .matches(s, ty, 2)
+                    .map_err(|err| entry_error(e.index, err))?;
                 match found.as_slice() {
                     [] if e.verb == Verb::Put => e
                         .resource
@@ -287,7 +372,12 @@ fn run_transaction(s: &mut Session<'_>, mut entries: Vec<Entry>, opts: &BundleOp
                         .and_then(Value::as_str)
                         .map_or_else(new_id, str::to_string),
                     [one] => one.clone(),
-                    [] => return Err(entry_error(e.index, Error::NotFound(format!("no {ty} meets '{q}'")))),
+                    [] => {
+                        return Err(entry_error(
+                            e.index,
+                            Error::NotFound(format!("no {ty} meets '{q}'")),
+                        ));
+                    }
                     _ => {
                         return Err(entry_error(
                             e.index,
@@ -303,7 +393,10 @@ fn run_transaction(s: &mut Session<'_>, mut entries: Vec<Entry>, opts: &BundleOp
     }
 
     // 3. Rewrite links in every resource to be written.
-    for e in entries.iter_mut().filter(|e| matches!(e.verb, Verb::Post | Verb::Put)) {
+    for e in entries
+        .iter_mut()
+        .filter(|e| matches!(e.verb, Verb::Post | Verb::Put))
+    {
         if let Some(r) = e.resource.as_mut() {
             rewrite_links(s, r, &ids).map_err(|err| entry_error(e.index, err))?;
         }
@@ -315,7 +408,8 @@ fn run_transaction(s: &mut Session<'_>, mut entries: Vec<Entry>, opts: &BundleOp
         let e = &mut entries[*index];
         let ty = e.target.ty();
         let value = e.resource.take().unwrap_or(Value::Null);
-        let (body, tokens) = prepare(value, ty, id, 1, now, &at(*index, ".resource")).map_err(|err| entry_error(*index, err))?;
+        let (body, tokens) = prepare(value, ty, id, 1, now, &at(*index, ".resource"))
+            .map_err(|err| entry_error(*index, err))?;
         prepared.push((*index, ty, id.clone(), body, tokens));
     }
     let txid = s.txid();
@@ -339,25 +433,50 @@ fn run_transaction(s: &mut Session<'_>, mut entries: Vec<Entry>, opts: &BundleOp
     s.insert(&rows)?;
     drop(rows);
     for (index, ty, id, body, _) in prepared {
-        let stored = Stored { pk: 0, ty: ty.to_string(), id, version: 1, last_updated: now, deleted: false, method: Method::Create, body };
-        out[index] = Some(written_entry(&Written { stored, created: true }, opts, false));
+        let stored = Stored {
+            pk: 0,
+            ty: ty.to_string(),
+            id,
+            version: 1,
+            last_updated: now,
+            deleted: false,
+            method: Method::Create,
+            body,
+        };
+        out[index] = Some(written_entry(
+            &Written {
+                stored,
+                created: true,
+            },
+            opts,
+            false,
+        ));
     }
 
     // 5. PUT and PATCH.
-    for e in entries.iter_mut().filter(|e| matches!(e.verb, Verb::Put | Verb::Patch)) {
+    for e in entries
+        .iter_mut()
+        .filter(|e| matches!(e.verb, Verb::Put | Verb::Patch))
+    {
         let ty = e.target.ty();
-        let Some(id) = put_ids.get(&e.index).cloned() else { continue };
+        let Some(id) = put_ids.get(&e.index).cloned() else {
+            continue;
+        };
         let value = e.resource.take().unwrap_or(Value::Null);
         let written = match e.verb {
             Verb::Put => put_entry(s, ty, &id, value, e.if_match, now, e.index),
-            _ => json_patch_of(&value, e.index).and_then(|p| patch_in(s, ty, &id, &p, e.if_match, now)),
+            _ => json_patch_of(&value, e.index)
+                .and_then(|p| patch_in(s, ty, &id, &p, e.if_match, now)),
         }
         .map_err(|err| entry_error(e.index, err))?;
         out[e.index] = Some(written_entry(&written, opts, false));
     }
 
     // 6. GET and HEAD, seeing the writes above.
-    for e in entries.iter().filter(|e| matches!(e.verb, Verb::Get | Verb::Head)) {
+    for e in entries
+        .iter()
+        .filter(|e| matches!(e.verb, Verb::Get | Verb::Head))
+    {
         out[e.index] = Some(read_entry(s, e, &opts.base).map_err(|err| entry_error(e.index, err))?);
     }
     Ok(out.into_iter().map(Option::unwrap_or_default).collect())
@@ -396,13 +515,19 @@ fn put_entry(
 fn json_patch_of(resource: &Value, index: usize) -> Result<json_patch::Patch> {
     let bad = |m: &str| Error::invalid_at("invalid", m.to_string(), at(index, ".resource"));
     if resource.get("resourceType").and_then(Value::as_str) != Some("Binary") {
-        return Err(bad("a PATCH entry's resource must be a Binary holding a JSON Patch"));
+        return Err(bad(
+            "a PATCH entry's resource must be a Binary holding a JSON Patch",
+        ));
     }
-    let data = resource.get("data").and_then(Value::as_str).ok_or_else(|| bad("the Binary has no data"))?;
+    let data = resource
+        .get("data")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("the Binary has no data"))?;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(data.split_whitespace().collect::<String>())
         .map_err(|_| bad("the Binary's data is not base64"))?;
-    serde_json::from_slice(&bytes).map_err(|e| bad(&format!("the Binary does not hold a JSON Patch: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| bad(&format!("the Binary does not hold a JSON Patch: {e}")))
 }
 
 fn delete_entry(s: &mut Session<'_>, e: &Entry, now: i64) -> Result<EntryOut> {
@@ -414,10 +539,19 @@ fn delete_entry(s: &mut Session<'_>, e: &Entry, now: i64) -> Result<EntryOut> {
             match c.matches(s, ty, 2)?.as_slice() {
                 [] => None,
                 [one] => delete_in(s, ty, one, now)?,
-                _ => return Err(Error::PreconditionFailed(format!("more than one {ty} meets '{q}'"))),
+                _ => {
+                    return Err(Error::PreconditionFailed(format!(
+                        "more than one {ty} meets '{q}'"
+                    )));
+                }
             }
         }
-        _ => return Err(Error::invalid("invalid", "DELETE needs Type/id or Type?criteria")),
+        _ => {
+            return Err(Error::invalid(
+                "invalid",
+                "DELETE needs Type/id or Type?criteria",
+            ));
+        }
     };
     let response = match deleted {
         Some(d) => ResponseOut {
@@ -426,9 +560,15 @@ fn delete_entry(s: &mut Session<'_>, e: &Entry, now: i64) -> Result<EntryOut> {
             last_modified: Some(d.last_updated),
             ..Default::default()
         },
-        None => ResponseOut { status: "204 No Content".into(), ..Default::default() },
+        None => ResponseOut {
+            status: "204 No Content".into(),
+            ..Default::default()
+        },
     };
-    Ok(EntryOut { response: Some(response), ..Default::default() })
+    Ok(EntryOut {
+        response: Some(response),
+        ..Default::default()
+    })
 }
 
 fn read_entry(s: &mut Session<'_>, e: &Entry, base: &str) -> Result<EntryOut> {
@@ -450,9 +590,13 @@ fn read_entry(s: &mut Session<'_>, e: &Entry, base: &str) -> Result<EntryOut> {
             None => Err(Error::NotFound(format!("{ty}/{id} is not known"))),
         },
         Target::Version(ty, id, v) => match s.version(ty, id, *v)? {
-            Some(r) if r.deleted => Err(Error::Gone(format!("version {v} of {ty}/{id} is a deletion"))),
+            Some(r) if r.deleted => Err(Error::Gone(format!(
+                "version {v} of {ty}/{id} is a deletion"
+            ))),
             Some(r) => Ok(resource_entry(r.into())),
-            None => Err(Error::NotFound(format!("version {v} of {ty}/{id} is not known"))),
+            None => Err(Error::NotFound(format!(
+                "version {v} of {ty}/{id} is not known"
+            ))),
         },
         Target::Query(ty, q) => {
             let c = Condition::parse(q)?;
@@ -471,7 +615,10 @@ fn read_entry(s: &mut Session<'_>, e: &Entry, base: &str) -> Result<EntryOut> {
             let json = bundle_json("searchset", Some(found.len() as i64), &[], &found);
             Ok(EntryOut {
                 resource: Some(json),
-                response: Some(ResponseOut { status: "200 OK".into(), ..Default::default() }),
+                response: Some(ResponseOut {
+                    status: "200 OK".into(),
+                    ..Default::default()
+                }),
                 ..Default::default()
             })
         }
@@ -496,7 +643,11 @@ fn map_full_url(ids: &mut HashMap<String, String>, full_url: Option<&str>, ty: &
 }
 
 /// Rewrites links to other entries, and resolves conditional references (`Patient?identifier=..`).
-fn rewrite_links(s: &mut Session<'_>, resource: &mut Value, ids: &HashMap<String, String>) -> Result<()> {
+fn rewrite_links(
+    s: &mut Session<'_>,
+    resource: &mut Value,
+    ids: &HashMap<String, String>,
+) -> Result<()> {
     let mut failure: Option<Error> = None;
     let mut conditional: Vec<String> = Vec::new();
     for_each_link(resource, &mut |kind, link| match kind {
@@ -523,14 +674,24 @@ fn rewrite_links(s: &mut Session<'_>, resource: &mut Value, ids: &HashMap<String
     let mut resolved: HashMap<String, String> = HashMap::new();
     for link in conditional {
         let (ty_name, q) = link.split_once('?').unwrap_or((&link, ""));
-        let ty = R4.resource_type(ty_name).ok_or_else(|| Error::invalid("invalid", format!("'{ty_name}' is not a resource type")))?;
+        let ty = R4.resource_type(ty_name).ok_or_else(|| {
+            Error::invalid("invalid", format!("'{ty_name}' is not a resource type"))
+        })?;
         let found = Condition::parse(q)?.matches(s, ty, 2)?;
         match found.as_slice() {
             [one] => {
                 resolved.insert(link.clone(), format!("{ty}/{one}"));
             }
-            [] => failure = Some(Error::PreconditionFailed(format!("the conditional reference '{link}' matches nothing"))),
-            _ => failure = Some(Error::PreconditionFailed(format!("the conditional reference '{link}' matches more than one {ty}"))),
+            [] => {
+                failure = Some(Error::PreconditionFailed(format!(
+                    "the conditional reference '{link}' matches nothing"
+                )))
+            }
+            _ => {
+                failure = Some(Error::PreconditionFailed(format!(
+                    "the conditional reference '{link}' matches more than one {ty}"
+                )))
+            }
         }
     }
     if let Some(f) = failure {
@@ -555,7 +716,11 @@ fn is_conditional_reference(link: &str) -> bool {
 
 fn written_entry(w: &Written, opts: &BundleOptions, existing: bool) -> EntryOut {
     let st = &w.stored;
-    let status = if w.created && !existing { "201 Created" } else { "200 OK" };
+    let status = if w.created && !existing {
+        "201 Created"
+    } else {
+        "200 OK"
+    };
     EntryOut {
         full_url: Some(format!("{}/{}/{}", opts.base, st.ty, st.id)),
         resource: opts.representation.then(|| st.body.clone()),
@@ -602,15 +767,30 @@ async fn batch_entry(fhir: &Fhir, e: Entry, opts: &BundleOptions) -> Result<Entr
                     o.insert("id".into(), Value::String(id.clone()));
                 }
             }
-            Ok(written_entry(&fhir.update(ty, id, value, e.if_match).await?, opts, false))
+            Ok(written_entry(
+                &fhir.update(ty, id, value, e.if_match).await?,
+                opts,
+                false,
+            ))
         }
         (Verb::Put, Target::Query(_, q)) => {
-            let w = fhir.conditional_update(ty, Condition::parse(&q)?, e.resource.unwrap_or(Value::Null), e.if_match).await?;
+            let w = fhir
+                .conditional_update(
+                    ty,
+                    Condition::parse(&q)?,
+                    e.resource.unwrap_or(Value::Null),
+                    e.if_match,
+                )
+                .await?;
             Ok(written_entry(&w, opts, false))
         }
         (Verb::Patch, Target::Instance(_, id)) => {
             let p = json_patch_of(e.resource.as_ref().unwrap_or(&Value::Null), index)?;
-            Ok(written_entry(&fhir.patch(ty, id, p, e.if_match).await?, opts, false))
+            Ok(written_entry(
+                &fhir.patch(ty, id, p, e.if_match).await?,
+                opts,
+                false,
+            ))
         }
         (Verb::Delete, _) | (Verb::Get | Verb::Head, _) => {
             let base = opts.base.clone();
@@ -621,7 +801,10 @@ async fn batch_entry(fhir: &Fhir, e: Entry, opts: &BundleOptions) -> Result<Entr
                 })
                 .await
         }
-        _ => Err(Error::invalid("invalid", format!("cannot process {:?} {}", e.verb, e.url))),
+        _ => Err(Error::invalid(
+            "invalid",
+            format!("cannot process {:?} {}", e.verb, e.url),
+        )),
     }
 }
 
@@ -629,7 +812,11 @@ async fn batch_entry(fhir: &Fhir, e: Entry, opts: &BundleOptions) -> Result<Entr
 fn failed_entry(err: &Error) -> EntryOut {
     let (status, issues) = status_and_issues(err);
     EntryOut {
-        response: Some(ResponseOut { status, outcome: Some(outcome::to_value(&issues)), ..Default::default() }),
+        response: Some(ResponseOut {
+            status,
+            outcome: Some(outcome::to_value(&issues)),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

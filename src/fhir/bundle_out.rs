@@ -28,8 +28,18 @@ pub struct ResponseOut {
 }
 
 /// A Bundle of the given type as FHIR JSON.
-pub fn bundle_json(kind: &str, total: Option<i64>, links: &[(&str, String)], entries: &[EntryOut]) -> String {
-    let mut out = String::with_capacity(256 + entries.iter().map(|e| e.resource.as_ref().map_or(64, |r| r.len() + 128)).sum::<usize>());
+pub fn bundle_json(
+    kind: &str,
+    total: Option<i64>,
+    links: &[(&str, String)],
+    entries: &[EntryOut],
+) -> String {
+    let mut out = String::with_capacity(
+        256 + entries
+            .iter()
+            .map(|e| e.resource.as_ref().map_or(64, |r| r.len() + 128))
+            .sum::<usize>(),
+    );
     out.push_str(r#"{"resourceType":"Bundle","id":"#);
     push_json_str(&mut out, &uuid::Uuid::new_v4().to_string());
     out.push_str(r#","meta":{"lastUpdated":"#);

@@ -7,8 +7,17 @@ use super::datetime::{format_instant, now_millis};
 use super::schema::R4;
 
 /// Interactions every resource type supports.
-const TYPE_INTERACTIONS: &[&str] =
-    &["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"];
+const TYPE_INTERACTIONS: &[&str] = &[
+    "read",
+    "vread",
+    "update",
+    "patch",
+    "delete",
+    "history-instance",
+    "history-type",
+    "create",
+    "search-type",
+];
 
 /// The CapabilityStatement of this server at `base`, as FHIR JSON.
 pub fn capability_statement(base: &str) -> Value {

@@ -24,14 +24,22 @@ impl Condition {
     /// Parses a query string (`identifier=http://x|123&_id=a`).
     pub fn parse(query: &str) -> Result<Condition> {
         let mut clauses = Vec::new();
-        let mut pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+        let mut pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
         if pairs.is_empty() {
-            return Err(Error::invalid("invalid", "the condition has no search parameters"));
+            return Err(Error::invalid(
+                "invalid",
+                "the condition has no search parameters",
+            ));
         }
         pairs.sort();
         for (name, value) in &pairs {
             if value.is_empty() {
-                return Err(Error::invalid("invalid", format!("search parameter '{name}' has no value")));
+                return Err(Error::invalid(
+                    "invalid",
+                    format!("search parameter '{name}' has no value"),
+                ));
             }
             match name.as_str() {
                 "identifier" => {
@@ -53,12 +61,18 @@ impl Condition {
                 other => {
                     return Err(Error::invalid(
                         "not-supported",
-                        format!("search parameter '{other}' is not supported in conditions yet (supported: identifier, _id)"),
+                        format!(
+                            "search parameter '{other}' is not supported in conditions yet (supported: identifier, _id)"
+                        ),
                     ));
                 }
             }
         }
-        let key = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+        let key = pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&");
         Ok(Condition { clauses, key })
     }
 
@@ -70,7 +84,13 @@ impl Condition {
             match clause {
                 Clause::Identifier(any) => {
                     for (system, code) in any {
-                        ids.extend(s.find_by_token(ty, "identifier", system.as_deref(), code, limit + 1)?);
+                        ids.extend(s.find_by_token(
+                            ty,
+                            "identifier",
+                            system.as_deref(),
+                            code,
+                            limit + 1,
+                        )?);
                     }
                 }
                 Clause::Id(list) => {
@@ -82,7 +102,10 @@ impl Condition {
             ids.dedup();
             result = Some(match result {
                 None => ids,
-                Some(prev) => prev.into_iter().filter(|i| ids.binary_search(i).is_ok()).collect(),
+                Some(prev) => prev
+                    .into_iter()
+                    .filter(|i| ids.binary_search(i).is_ok())
+                    .collect(),
             });
         }
         let mut ids = result.unwrap_or_default();
@@ -92,12 +115,7 @@ impl Condition {
 
     /// A 64-bit key (FNV-1a of type and condition), stable across processes and versions.
     pub fn lock_key(&self, ty: &str) -> i64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in ty.bytes().chain(std::iter::once(b'?')).chain(self.key.bytes()) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        h as i64
+        crate::store::fnv1a(&[ty.as_bytes(), b"?", self.key.as_bytes()])
     }
 }
 
@@ -136,7 +154,13 @@ mod tests {
         ])));
         assert!(Condition::parse("name=x").is_err());
         assert!(Condition::parse("").is_err());
-        assert_eq!(Condition::parse("_id=a&identifier=b").unwrap().lock_key("Patient"),
-                   Condition::parse("identifier=b&_id=a").unwrap().lock_key("Patient"));
+        assert_eq!(
+            Condition::parse("_id=a&identifier=b")
+                .unwrap()
+                .lock_key("Patient"),
+            Condition::parse("identifier=b&_id=a")
+                .unwrap()
+                .lock_key("Patient")
+        );
     }
 }

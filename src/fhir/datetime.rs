@@ -32,12 +32,20 @@ pub struct Invalid;
 
 pub fn parse_date(s: &str) -> Result<DateTime, Invalid> {
     let d = parse_date_time(s)?;
-    if d.time.is_some() { Err(Invalid) } else { Ok(d) }
+    if d.time.is_some() {
+        Err(Invalid)
+    } else {
+        Ok(d)
+    }
 }
 
 pub fn parse_instant(s: &str) -> Result<DateTime, Invalid> {
     let d = parse_date_time(s)?;
-    if d.time.is_some() { Ok(d) } else { Err(Invalid) }
+    if d.time.is_some() {
+        Ok(d)
+    } else {
+        Err(Invalid)
+    }
 }
 
 /// `YYYY(-MM(-DD(Thh:mm:ss(.f+)?(Z|(+|-)hh:mm))?)?)?`
@@ -47,7 +55,12 @@ pub fn parse_date_time(s: &str) -> Result<DateTime, Invalid> {
     if year == 0 {
         return Err(Invalid);
     }
-    let mut d = DateTime { year, month: None, day: None, time: None };
+    let mut d = DateTime {
+        year,
+        month: None,
+        day: None,
+        time: None,
+    };
     if b.len() == 4 {
         return Ok(d);
     }
@@ -114,7 +127,14 @@ fn time_at(b: &[u8], at: usize) -> Result<(TimeOfDay, usize), Invalid> {
         }
         fraction_digits = n.min(9) as u8;
     }
-    let t = TimeOfDay { hour, minute, second, millis: millis as u16, fraction_digits, offset_minutes: 0 };
+    let t = TimeOfDay {
+        hour,
+        minute,
+        second,
+        millis: millis as u16,
+        fraction_digits,
+        offset_minutes: 0,
+    };
     Ok((t, end))
 }
 
@@ -149,7 +169,11 @@ fn digits(b: &[u8], at: usize, n: usize) -> Result<u32, Invalid> {
 }
 
 fn expect(b: &[u8], at: usize, c: u8) -> Result<(), Invalid> {
-    if b.get(at) == Some(&c) { Ok(()) } else { Err(Invalid) }
+    if b.get(at) == Some(&c) {
+        Ok(())
+    } else {
+        Err(Invalid)
+    }
 }
 
 fn is_leap(y: i32) -> bool {
@@ -202,17 +226,26 @@ impl DateTime {
                 days_from_civil(self.year + 1, 1, 1) * DAY_MS,
             ),
             (Some(m), None, _) => {
-                let (ny, nm) = if m == 12 { (self.year + 1, 1) } else { (self.year, m + 1) };
-                (days_from_civil(self.year, m, 1) * DAY_MS, days_from_civil(ny, nm, 1) * DAY_MS)
+                let (ny, nm) = if m == 12 {
+                    (self.year + 1, 1)
+                } else {
+                    (self.year, m + 1)
+                };
+                (
+                    days_from_civil(self.year, m, 1) * DAY_MS,
+                    days_from_civil(ny, nm, 1) * DAY_MS,
+                )
             }
             (Some(m), Some(d), None) => {
                 let low = days_from_civil(self.year, m, d) * DAY_MS;
                 (low, low + DAY_MS)
             }
             (Some(m), Some(d), Some(t)) => {
-                let secs = i64::from(t.hour) * 3600 + i64::from(t.minute) * 60 + i64::from(t.second)
-                    - i64::from(t.offset_minutes) * 60;
-                let low = days_from_civil(self.year, m, d) * DAY_MS + secs * 1000 + i64::from(t.millis);
+                let secs =
+                    i64::from(t.hour) * 3600 + i64::from(t.minute) * 60 + i64::from(t.second)
+                        - i64::from(t.offset_minutes) * 60;
+                let low =
+                    days_from_civil(self.year, m, d) * DAY_MS + secs * 1000 + i64::from(t.millis);
                 // Seconds precision covers the whole second; any fraction is taken to the millisecond.
                 let width = if t.fraction_digits == 0 { 1000 } else { 1 };
                 (low, low + width)
@@ -251,7 +284,9 @@ mod tests {
         assert_eq!(format_instant(year.1), "2025-01-01T00:00:00.000Z");
         let month = parse_date_time("2024-12").unwrap().range();
         assert_eq!(format_instant(month.1), "2025-01-01T00:00:00.000Z");
-        let t = parse_date_time("2024-03-01T07:30:00+07:00").unwrap().range();
+        let t = parse_date_time("2024-03-01T07:30:00+07:00")
+            .unwrap()
+            .range();
         assert_eq!(format_instant(t.0), "2024-03-01T00:30:00.000Z");
         assert_eq!(t.1 - t.0, 1000);
         let f = parse_date_time("2024-03-01T00:00:00.25Z").unwrap().range();
@@ -260,8 +295,17 @@ mod tests {
 
     #[test]
     fn invalid_dates_are_refused() {
-        for s in ["24", "2024-13", "2023-02-29", "2024-01-01T10:00", "2024-01-01T10:00:00",
-                  "2024-01-01T10:00:00+15:00", "2024-01-01T10:00:00.Z", "2024-1-01", "0000"] {
+        for s in [
+            "24",
+            "2024-13",
+            "2023-02-29",
+            "2024-01-01T10:00",
+            "2024-01-01T10:00:00",
+            "2024-01-01T10:00:00+15:00",
+            "2024-01-01T10:00:00.Z",
+            "2024-1-01",
+            "0000",
+        ] {
             assert!(parse_date_time(s).is_err(), "{s}");
         }
     }

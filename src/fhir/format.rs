@@ -9,6 +9,7 @@ use fhirbolt::model::r4::Resource;
 use fhirbolt::serde::{DeserializationConfig, DeserializationMode};
 use serde_json::Value;
 
+use super::links::for_each_xhtml;
 use super::outcome::Issue;
 use super::validate;
 
@@ -29,21 +30,32 @@ impl Format {
 
     /// The format a MIME type or `_format` value names (R4 §3.1.0.1.10), if it names one.
     pub fn from_mime(s: &str) -> Option<Format> {
-        let essence = s.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let essence = s
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match essence.as_str() {
-            "application/fhir+json" | "application/json" | "application/json+fhir" | "json" | "text/json" => {
-                Some(Format::Json)
-            }
-            "application/fhir+xml" | "application/xml" | "application/xml+fhir" | "xml" | "text/xml" => {
-                Some(Format::Xml)
-            }
+            "application/fhir+json"
+            | "application/json"
+            | "application/json+fhir"
+            | "json"
+            | "text/json" => Some(Format::Json),
+            "application/fhir+xml"
+            | "application/xml"
+            | "application/xml+fhir"
+            | "xml"
+            | "text/xml" => Some(Format::Xml),
             _ => None,
         }
     }
 }
 
 fn strict() -> Option<DeserializationConfig> {
-    Some(DeserializationConfig { mode: DeserializationMode::Strict })
+    Some(DeserializationConfig {
+        mode: DeserializationMode::Strict,
+    })
 }
 
 /// Parses and validates a resource. Returns it as FHIR JSON with its type, or every problem found.
@@ -64,7 +76,12 @@ fn parse_json(bytes: &[u8]) -> Result<Value, Vec<Issue>> {
         };
         vec![Issue::error(
             "structure",
-            format!("{what}: {} (line {}, column {})", json_reason(&e), e.line(), e.column()),
+            format!(
+                "{what}: {} (line {}, column {})",
+                json_reason(&e),
+                e.line(),
+                e.column()
+            ),
         )]
     })
 }
@@ -79,17 +96,39 @@ fn json_reason(e: &serde_json::Error) -> String {
 }
 
 fn parse_xml(bytes: &[u8]) -> Result<Value, Vec<Issue>> {
-    let resource: Resource = fhirbolt::xml::from_slice(bytes, strict())
-        .map_err(|e| vec![Issue::error("structure", format!("the body is not valid FHIR XML: {e}"))])?;
-    fhirbolt::json::to_json_value(resource, None)
-        .map_err(|e| vec![Issue::error("structure", format!("cannot convert the XML resource: {e}"))])
+    let divs = super::xml_check::check(bytes)?;
+    let resource: Resource = fhirbolt::xml::from_slice(bytes, strict()).map_err(|e| {
+        vec![Issue::error(
+            "structure",
+            format!("the body is not valid FHIR XML: {e}"),
+        )]
+    })?;
+    let mut value = fhirbolt::json::to_json_value(resource, None).map_err(|e| {
+        vec![Issue::error(
+            "structure",
+            format!("cannot convert the XML resource: {e}"),
+        )]
+    })?;
+    // Narratives exactly as the client wrote them (fhirbolt trims the whitespace inside).
+    if !divs.is_empty() {
+        for_each_xhtml(&mut value, &mut |path, div| {
+            if let Some(raw) = divs.get(path) {
+                *div = raw.clone();
+            }
+        });
+    }
+    Ok(value)
 }
 
 /// Turns a validated resource into the JSON the server stores and serves: through fhirbolt's
 /// typed model, in canonical element order. `location` names the resource in messages.
 pub fn to_stored_json(value: Value, location: &str) -> Result<String, Issue> {
     let resource: Resource = fhirbolt::json::from_json_value(value, strict()).map_err(|e| {
-        Issue::error("structure", format!("the resource does not fit the FHIR R4 model: {e}")).at(location)
+        Issue::error(
+            "structure",
+            format!("the resource does not fit the FHIR R4 model: {e}"),
+        )
+        .at(location)
     })?;
     fhirbolt::json::to_string(&resource, None)
         .map_err(|e| Issue::error("exception", format!("cannot serialise the resource: {e}")))
@@ -100,15 +139,61 @@ pub fn render(json: &str, format: Format, pretty: bool) -> Result<Vec<u8>, Issue
     match (format, pretty) {
         (Format::Json, false) => Ok(json.as_bytes().to_vec()),
         (Format::Json, true) => {
-            let v: Value = serde_json::from_str(json)
-                .map_err(|e| Issue::error("exception", format!("stored JSON is unreadable: {e}")))?;
+            let v: Value = serde_json::from_str(json).map_err(|e| {
+                Issue::error("exception", format!("stored JSON is unreadable: {e}"))
+            })?;
             serde_json::to_vec_pretty(&v).map_err(|e| Issue::error("exception", e.to_string()))
         }
-        (Format::Xml, _) => {
-            let resource: Resource = fhirbolt::json::from_str(json, None)
-                .map_err(|e| Issue::error("exception", format!("stored JSON does not parse: {e}")))?;
-            fhirbolt::xml::to_vec(&resource, None)
-                .map_err(|e| Issue::error("exception", format!("cannot write XML: {e}")))
+        (Format::Xml, _) => to_xml(json),
+    }
+}
+
+const XHTML_NS: &str = "http://www.w3.org/1999/xhtml";
+
+/// FHIR XML of stored JSON. fhirbolt re-indents narratives and trims their text, which loses
+/// spaces between inline elements ("<b>name</b>: Peter" becomes "<b>name</b>:Peter"), so each
+/// `div` goes through fhirbolt as a marker and is put back verbatim afterwards.
+fn to_xml(json: &str) -> Result<Vec<u8>, Issue> {
+    let mut value: Value = serde_json::from_str(json)
+        .map_err(|e| Issue::error("exception", format!("stored JSON does not parse: {e}")))?;
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let mut divs = Vec::new();
+    for_each_xhtml(&mut value, &mut |_, div| {
+        let marker = format!("<div xmlns=\"{XHTML_NS}\">{token}-{}</div>", divs.len());
+        divs.push(std::mem::replace(div, marker));
+    });
+    let resource: Resource = fhirbolt::json::from_json_value(value, None).map_err(|e| {
+        Issue::error(
+            "exception",
+            format!("stored JSON does not fit the model: {e}"),
+        )
+    })?;
+    let xml = fhirbolt::xml::to_vec(&resource, None)
+        .map_err(|e| Issue::error("exception", format!("cannot write XML: {e}")))?;
+    if divs.is_empty() {
+        return Ok(xml);
+    }
+    let mut xml = String::from_utf8(xml).map_err(|e| Issue::error("exception", e.to_string()))?;
+    for (i, div) in divs.iter().enumerate().rev() {
+        let marker = format!("{token}-{i}<");
+        let located = xml.find(&marker).and_then(|at| {
+            let start = xml[..at].rfind("<div")?;
+            let end = at + xml[at..].find("</div>")? + "</div>".len();
+            Some((start, end))
+        });
+        if let Some((start, end)) = located {
+            xml.replace_range(start..end, &with_xhtml_namespace(div));
         }
+    }
+    Ok(xml.into_bytes())
+}
+
+/// A narrative's root `div` must be in the XHTML namespace in XML; JSON often leaves it out.
+fn with_xhtml_namespace(div: &str) -> std::borrow::Cow<'_, str> {
+    let start_tag = div.split('>').next().unwrap_or("");
+    if div.starts_with("<div") && !start_tag.contains("xmlns") {
+        std::borrow::Cow::Owned(format!("<div xmlns=\"{XHTML_NS}\"{}", &div[4..]))
+    } else {
+        std::borrow::Cow::Borrowed(div)
     }
 }

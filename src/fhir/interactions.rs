@@ -75,7 +75,10 @@ impl Fhir {
 
     /// `read`: the current version; 404 if unknown, 410 if deleted.
     pub async fn read(&self, ty: &'static str, id: String) -> Result<Stored> {
-        let row = self.store.read(move |s| Ok::<_, Error>(s.current(ty, &id)?)).await?;
+        let row = self
+            .store
+            .read(move |s| Ok::<_, Error>(s.current(ty, &id)?))
+            .await?;
         match row {
             Some(r) if r.deleted => Err(Error::Gone(format!("{ty}/{} was deleted", r.res_id))),
             Some(r) => Ok(r.into()),
@@ -85,17 +88,30 @@ impl Fhir {
 
     /// `vread`: one version. A deletion's version answers 410.
     pub async fn vread(&self, ty: &'static str, id: String, version: i64) -> Result<Stored> {
-        let row = self.store.read(move |s| Ok::<_, Error>(s.version(ty, &id, version)?)).await?;
+        let row = self
+            .store
+            .read(move |s| Ok::<_, Error>(s.version(ty, &id, version)?))
+            .await?;
         match row {
-            Some(r) if r.deleted => Err(Error::Gone(format!("version {version} of {ty}/{} is a deletion", r.res_id))),
+            Some(r) if r.deleted => Err(Error::Gone(format!(
+                "version {version} of {ty}/{} is a deletion",
+                r.res_id
+            ))),
             Some(r) => Ok(r.into()),
-            None => Err(Error::NotFound(format!("{ty} version {version} is not known"))),
+            None => Err(Error::NotFound(format!(
+                "{ty} version {version} is not known"
+            ))),
         }
     }
 
     /// `create`: a new resource with a server-assigned id. With a condition (`If-None-Exist`),
     /// an existing match is returned instead (200), and more than one match is 412.
-    pub async fn create(&self, ty: &'static str, value: Value, condition: Option<Condition>) -> Result<Written> {
+    pub async fn create(
+        &self,
+        ty: &'static str,
+        value: Value,
+        condition: Option<Condition>,
+    ) -> Result<Written> {
         let id = new_id();
         let now = now_millis();
         let (body, tokens) = prepare(value, ty, &id, 1, now, ty)?;
@@ -103,21 +119,35 @@ impl Fhir {
             .write(move |s| {
                 if let Some(c) = &condition {
                     if let Some(existing) = conditional_match(s, ty, c)? {
-                        return Ok(Written { stored: existing, created: false });
+                        return Ok(Written {
+                            stored: existing,
+                            created: false,
+                        });
                     }
                 }
                 let stored = insert(s, ty, id, 1, Method::Create, now, body, tokens)?;
-                Ok(Written { stored, created: true })
+                Ok(Written {
+                    stored,
+                    created: true,
+                })
             })
             .await
     }
 
     /// `update` (and create-on-update with a client id). `if_match` pins the expected version.
-    pub async fn update(&self, ty: &'static str, id: String, value: Value, if_match: Option<i64>) -> Result<Written> {
+    pub async fn update(
+        &self,
+        ty: &'static str,
+        id: String,
+        value: Value,
+        if_match: Option<i64>,
+    ) -> Result<Written> {
         check_body_id(&value, ty, &id)?;
         retry(|| {
             let (id, value) = (id.clone(), value.clone());
-            self.store.write(move |s| update_in(s, ty, &id, value, if_match, Method::Update, now_millis()))
+            self.store.write(move |s| {
+                update_in(s, ty, &id, value, if_match, Method::Update, now_millis())
+            })
         })
         .await
     }
@@ -148,7 +178,11 @@ impl Fhir {
                         ));
                     }
                     ([one], _) => one.clone(),
-                    _ => return Err(Error::PreconditionFailed(format!("more than one {ty} meets the condition"))),
+                    _ => {
+                        return Err(Error::PreconditionFailed(format!(
+                            "more than one {ty} meets the condition"
+                        )));
+                    }
                 };
                 update_in(s, ty, &id, value, if_match, Method::Update, now_millis())
             })
@@ -157,10 +191,17 @@ impl Fhir {
     }
 
     /// `patch` with a JSON Patch document (RFC 6902).
-    pub async fn patch(&self, ty: &'static str, id: String, patch: json_patch::Patch, if_match: Option<i64>) -> Result<Written> {
+    pub async fn patch(
+        &self,
+        ty: &'static str,
+        id: String,
+        patch: json_patch::Patch,
+        if_match: Option<i64>,
+    ) -> Result<Written> {
         retry(|| {
             let (id, patch) = (id.clone(), patch.clone());
-            self.store.write(move |s| patch_in(s, ty, &id, &patch, if_match, now_millis()))
+            self.store
+                .write(move |s| patch_in(s, ty, &id, &patch, if_match, now_millis()))
         })
         .await
     }
@@ -170,13 +211,18 @@ impl Fhir {
     pub async fn delete(&self, ty: &'static str, id: String) -> Result<Option<Stored>> {
         retry(|| {
             let id = id.clone();
-            self.store.write(move |s| delete_in(s, ty, &id, now_millis()))
+            self.store
+                .write(move |s| delete_in(s, ty, &id, now_millis()))
         })
         .await
     }
 
     /// Conditional delete (single match): none → nothing happens; more than one → 412.
-    pub async fn conditional_delete(&self, ty: &'static str, condition: Condition) -> Result<Option<Stored>> {
+    pub async fn conditional_delete(
+        &self,
+        ty: &'static str,
+        condition: Condition,
+    ) -> Result<Option<Stored>> {
         retry(|| {
             let condition = condition.clone();
             self.store.write(move |s| {
@@ -194,7 +240,12 @@ impl Fhir {
     }
 
     /// Live resources of a type meeting a condition (the search of this issue: `_id`, `identifier`).
-    pub async fn find(&self, ty: &'static str, condition: Condition, limit: i64) -> Result<Vec<Stored>> {
+    pub async fn find(
+        &self,
+        ty: &'static str,
+        condition: Condition,
+        limit: i64,
+    ) -> Result<Vec<Stored>> {
         self.store
             .read(move |s| {
                 let ids = condition.matches(s, ty, limit)?;
@@ -216,7 +267,9 @@ impl Fhir {
             .read(move |s| {
                 let rows = s.history(&query)?;
                 let total = match &query.scope {
-                    crate::store::HistoryScope::Instance(t, id) if query.since.is_none() && query.at.is_none() => {
+                    crate::store::HistoryScope::Instance(t, id)
+                        if query.since.is_none() && query.at.is_none() =>
+                    {
                         let n = s.count_instance_history(t, id)?;
                         if n == 0 {
                             return Err(Error::NotFound(format!("{t}/{id} is not known")));
@@ -271,14 +324,29 @@ pub fn check_body_id(value: &Value, ty: &str, id: &str) -> Result<()> {
             format!("the resource's id '{b}' does not match the id in the URL '{id}'"),
             format!("{ty}.id"),
         )),
-        None => Err(Error::invalid_at("required", "an update's body must carry the resource's id", format!("{ty}.id"))),
+        None => Err(Error::invalid_at(
+            "required",
+            "an update's body must carry the resource's id",
+            format!("{ty}.id"),
+        )),
     }
 }
 
 /// Checks a client-chosen id against the `id` type (R4: `[A-Za-z0-9\-\.]{1,64}`).
 pub fn check_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    if ok { Ok(()) } else { Err(Error::invalid("value", format!("'{id}' is not a valid resource id (1-64 of A-Z a-z 0-9 - .)"))) }
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "value",
+            format!("'{id}' is not a valid resource id (1-64 of A-Z a-z 0-9 - .)"),
+        ))
+    }
 }
 
 /// Sets the server's `id` and `meta` on a resource and renders the JSON to store, with its
@@ -293,13 +361,22 @@ pub(crate) fn prepare(
 ) -> Result<(String, Vec<TokenRow>)> {
     let tokens = identifiers(&value)
         .into_iter()
-        .map(|(system, code)| TokenRow { param: "identifier", system, code })
+        .map(|(system, code)| TokenRow {
+            param: "identifier",
+            system,
+            code,
+        })
         .collect();
     let Value::Object(obj) = &mut value else {
-        return Err(Error::invalid("structure", "a resource must be a JSON object"));
+        return Err(Error::invalid(
+            "structure",
+            "a resource must be a JSON object",
+        ));
     };
     obj.insert("id".into(), Value::String(id.to_string()));
-    let meta = obj.entry("meta").or_insert_with(|| Value::Object(Map::new()));
+    let meta = obj
+        .entry("meta")
+        .or_insert_with(|| Value::Object(Map::new()));
     if let Value::Object(m) = meta {
         m.insert("versionId".into(), Value::String(version.to_string()));
         m.insert("lastUpdated".into(), Value::String(format_instant(now)));
@@ -333,11 +410,24 @@ pub(crate) fn insert(
         body: &body,
     };
     s.insert(&[(row, tokens)])?;
-    Ok(Stored { pk: 0, ty: ty.to_string(), id, version, last_updated: now, deleted: false, method, body })
+    Ok(Stored {
+        pk: 0,
+        ty: ty.to_string(),
+        id,
+        version,
+        last_updated: now,
+        deleted: false,
+        method,
+        body,
+    })
 }
 
 /// Returns the one live resource meeting a create's condition, None if there is none.
-pub(crate) fn conditional_match(s: &mut Session<'_>, ty: &str, c: &Condition) -> Result<Option<Stored>> {
+pub(crate) fn conditional_match(
+    s: &mut Session<'_>,
+    ty: &str,
+    c: &Condition,
+) -> Result<Option<Stored>> {
     s.lock_condition(c.lock_key(ty))?;
     let ids = c.matches(s, ty, 2)?;
     match ids.as_slice() {
@@ -362,6 +452,7 @@ pub(crate) fn update_in(
     method: Method,
     now: i64,
 ) -> Result<Written> {
+    s.lock_resource(ty, id)?;
     let current = s.current_version(ty, id)?;
     let location = ty;
     match current {
@@ -374,7 +465,10 @@ pub(crate) fn update_in(
             check_id(id)?;
             let (body, tokens) = prepare(value, ty, id, 1, now, location)?;
             let stored = insert(s, ty, id.to_string(), 1, method, now, body, tokens)?;
-            Ok(Written { stored, created: true })
+            Ok(Written {
+                stored,
+                created: true,
+            })
         }
         Some(c) => {
             if let Some(v) = if_match {
@@ -386,17 +480,38 @@ pub(crate) fn update_in(
                 }
             }
             let version = c.version + 1;
-            let (body, tokens) = prepare(value, ty, id, version, now.max(c.last_updated), location)?;
+            let (body, tokens) =
+                prepare(value, ty, id, version, now.max(c.last_updated), location)?;
             s.retire(c.pk)?;
-            let stored = insert(s, ty, id.to_string(), version, method, now.max(c.last_updated), body, tokens)?;
-            Ok(Written { stored, created: c.deleted })
+            let stored = insert(
+                s,
+                ty,
+                id.to_string(),
+                version,
+                method,
+                now.max(c.last_updated),
+                body,
+                tokens,
+            )?;
+            Ok(Written {
+                stored,
+                created: c.deleted,
+            })
         }
     }
 }
 
 /// Delete inside a transaction. None when there was nothing live to delete.
-pub(crate) fn delete_in(s: &mut Session<'_>, ty: &str, id: &str, now: i64) -> Result<Option<Stored>> {
-    let Some(c) = s.current_version(ty, id)? else { return Ok(None) };
+pub(crate) fn delete_in(
+    s: &mut Session<'_>,
+    ty: &str,
+    id: &str,
+    now: i64,
+) -> Result<Option<Stored>> {
+    s.lock_resource(ty, id)?;
+    let Some(c) = s.current_version(ty, id)? else {
+        return Ok(None);
+    };
     if c.deleted {
         return Ok(None);
     }
@@ -437,6 +552,7 @@ pub(crate) fn patch_in(
     if_match: Option<i64>,
     now: i64,
 ) -> Result<Written> {
+    s.lock_resource(ty, id)?;
     let current = match s.current(ty, id)? {
         None => return Err(not_found(ty)),
         Some(r) if r.deleted => return Err(Error::Gone(format!("{ty}/{id} was deleted"))),
@@ -450,14 +566,24 @@ pub(crate) fn patch_in(
             )));
         }
     }
-    let mut doc: Value = serde_json::from_str(&current.body)
-        .map_err(|e| Error::Store(crate::store::StoreError::Unavailable(format!("stored JSON unreadable: {e}"))))?;
+    let mut doc: Value = serde_json::from_str(&current.body).map_err(|e| {
+        Error::Store(crate::store::StoreError::Unavailable(format!(
+            "stored JSON unreadable: {e}"
+        )))
+    })?;
     json_patch::patch(&mut doc, patch).map_err(|e| {
-        Error::Invalid(vec![Issue::error("processing", format!("the JSON Patch does not apply: {e}"))])
+        Error::Invalid(vec![Issue::error(
+            "processing",
+            format!("the JSON Patch does not apply: {e}"),
+        )])
     })?;
     validate::resource(&doc)?;
     if doc.get("resourceType").and_then(Value::as_str) != Some(ty) {
-        return Err(Error::invalid_at("invalid", "a patch may not change the resource type", format!("{ty}.resourceType")));
+        return Err(Error::invalid_at(
+            "invalid",
+            "a patch may not change the resource type",
+            format!("{ty}.resourceType"),
+        ));
     }
     check_body_id(&doc, ty, id)?;
     update_in(s, ty, id, doc, Some(current.version), Method::Patch, now)

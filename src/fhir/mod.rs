@@ -3,7 +3,7 @@
 //! - `schema`: the R4 element table (from the official StructureDefinitions).
 //! - `primitive`, `datetime`: lexical rules of primitive types; dates as instant ranges.
 //! - `validate`: strict structural validation with FHIRPath locations.
-//! - `format`: JSON and XML through fhirbolt.
+//! - `format`: JSON and XML through fhirbolt; `xml_check` locates problems in XML.
 //! - `links`: references and uri values inside a resource.
 //! - `condition`: criteria of conditional interactions.
 //! - `interactions`: create, read, update, patch, delete, history.
@@ -23,6 +23,7 @@ pub mod outcome;
 pub mod primitive;
 pub mod schema;
 pub mod validate;
+pub mod xml_check;
 
 pub use format::Format;
 pub use interactions::{Fhir, Stored, Written};

@@ -23,7 +23,12 @@ pub struct Issue {
 
 impl Issue {
     pub fn error(code: &'static str, diagnostics: impl Into<String>) -> Issue {
-        Issue { severity: Severity::Error, code, diagnostics: diagnostics.into(), expression: None }
+        Issue {
+            severity: Severity::Error,
+            code,
+            diagnostics: diagnostics.into(),
+            expression: None,
+        }
     }
 
     pub fn information(diagnostics: impl Into<String>) -> Issue {

@@ -17,20 +17,49 @@ pub fn check(p: Primitive, value: &serde_json::Value) -> Result<(), Problem> {
     match p {
         Primitive::Boolean => match value {
             Value::Bool(_) => Ok(()),
-            _ => Err(format!("expected a JSON boolean for type boolean, found {}", kind(value))),
+            _ => Err(format!(
+                "expected a JSON boolean for type boolean, found {}",
+                kind(value)
+            )),
         },
         Primitive::Integer | Primitive::UnsignedInt | Primitive::PositiveInt => match value {
             Value::Number(n) => check_integer(p, &n.to_string()),
-            _ => Err(format!("expected a JSON number for type {}, found {}", p.name(), kind(value))),
+            _ => Err(format!(
+                "expected a JSON number for type {}, found {}",
+                p.name(),
+                kind(value)
+            )),
         },
         Primitive::Decimal => match value {
             Value::Number(n) => check_decimal(&n.to_string()),
-            _ => Err(format!("expected a JSON number for type decimal, found {}", kind(value))),
+            _ => Err(format!(
+                "expected a JSON number for type decimal, found {}",
+                kind(value)
+            )),
         },
         _ => match value {
             Value::String(s) => check_str(p, s),
-            _ => Err(format!("expected a JSON string for type {}, found {}", p.name(), kind(value))),
+            _ => Err(format!(
+                "expected a JSON string for type {}, found {}",
+                p.name(),
+                kind(value)
+            )),
         },
+    }
+}
+
+/// Checks the text of a primitive as XML carries it (a `value` attribute): booleans and numbers
+/// are text there too.
+pub fn check_text(p: Primitive, s: &str) -> Result<(), Problem> {
+    match p {
+        Primitive::Boolean if s == "true" || s == "false" => Ok(()),
+        Primitive::Boolean => Err(format!(
+            "'{}' is not a valid boolean (true or false)",
+            excerpt(s)
+        )),
+        Primitive::Integer | Primitive::UnsignedInt | Primitive::PositiveInt => check_integer(p, s),
+        Primitive::Decimal => check_decimal(s),
+        _ => check_str(p, s),
     }
 }
 
@@ -70,7 +99,11 @@ fn check_integer(p: Primitive, s: &str) -> Result<(), Problem> {
         Primitive::UnsignedInt => (0..=i32::MAX as i64).contains(&n),
         _ => (1..=i32::MAX as i64).contains(&n),
     };
-    if ok { Ok(()) } else { Err(format!("{s} is out of range for {}", p.name())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{s} is out of range for {}", p.name()))
+    }
 }
 
 /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
@@ -105,21 +138,37 @@ fn check_decimal(s: &str) -> Result<(), Problem> {
         }
         ok = i > e;
     }
-    if ok && i == b.len() { Ok(()) } else { Err(format!("'{s}' is not a valid decimal")) }
+    if ok && i == b.len() {
+        Ok(())
+    } else {
+        Err(format!("'{s}' is not a valid decimal"))
+    }
 }
 
 fn check_str(p: Primitive, s: &str) -> Result<(), Problem> {
     let invalid = || Err(format!("'{}' is not a valid {}", excerpt(s), p.name()));
     // R4 JSON §2.6.2: string values are never empty; leave the property out instead.
     if s.is_empty() {
-        return Err(format!("empty string is not a valid {} (omit the element instead)", p.name()));
+        return Err(format!(
+            "empty string is not a valid {} (omit the element instead)",
+            p.name()
+        ));
     }
     let ok = match p {
         Primitive::String | Primitive::Markdown => true,
-        Primitive::Xhtml => s.trim_start().starts_with("<div") || s.trim_start().starts_with("<xhtml:div"),
+        Primitive::Xhtml => {
+            return is_xhtml_div(s)
+                .map_err(|why| format!("the narrative is not a well-formed XHTML div: {why}"));
+        }
         Primitive::Code => is_code(s),
-        Primitive::Id => s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'),
-        Primitive::Uri | Primitive::Url | Primitive::Canonical => !s.chars().any(char::is_whitespace),
+        Primitive::Id => {
+            s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        }
+        Primitive::Uri | Primitive::Url | Primitive::Canonical => {
+            !s.chars().any(char::is_whitespace)
+        }
         Primitive::Oid => is_oid(s),
         Primitive::Uuid => is_uuid_urn(s),
         Primitive::Base64Binary => is_base64(s),
@@ -127,11 +176,66 @@ fn check_str(p: Primitive, s: &str) -> Result<(), Problem> {
         Primitive::DateTime => datetime::parse_date_time(s).is_ok(),
         Primitive::Instant => datetime::parse_instant(s).is_ok(),
         Primitive::Time => datetime::parse_time(s).is_ok(),
-        Primitive::Boolean | Primitive::Integer | Primitive::UnsignedInt | Primitive::PositiveInt | Primitive::Decimal => {
-            return Err(format!("expected a JSON {} for type {}, found a string", if p == Primitive::Boolean { "boolean" } else { "number" }, p.name()));
+        Primitive::Boolean
+        | Primitive::Integer
+        | Primitive::UnsignedInt
+        | Primitive::PositiveInt
+        | Primitive::Decimal => {
+            return Err(format!(
+                "expected a JSON {} for type {}, found a string",
+                if p == Primitive::Boolean {
+                    "boolean"
+                } else {
+                    "number"
+                },
+                p.name()
+            ));
         }
     };
     if ok { Ok(()) } else { invalid() }
+}
+
+/// A narrative: one well-formed XHTML `div` element (R4 §2.4.0: the XHTML content of Narrative).
+fn is_xhtml_div(s: &str) -> Result<(), String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(s);
+    reader.check_end_names(true);
+    let mut depth = 0usize;
+    let mut roots = 0usize;
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(e)) => {
+                if depth == 0 {
+                    roots += 1;
+                    if e.local_name().as_ref() != b"div" {
+                        return Err("the root element must be div".into());
+                    }
+                }
+                depth += 1;
+            }
+            Ok(Event::Empty(e)) => {
+                if depth == 0 {
+                    roots += 1;
+                    if e.local_name().as_ref() != b"div" {
+                        return Err("the root element must be div".into());
+                    }
+                }
+            }
+            Ok(Event::End(_)) => depth = depth.saturating_sub(1),
+            Ok(Event::Text(t)) if depth == 0 && !t.iter().all(u8::is_ascii_whitespace) => {
+                return Err("text outside the div".into());
+            }
+            Ok(Event::Eof) => break,
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    match (roots, depth) {
+        (1, 0) => Ok(()),
+        (0, _) => Err("no div element".into()),
+        (_, 0) => Err("more than one root element".into()),
+        _ => Err("an element is not closed".into()),
+    }
 }
 
 /// `[^\s]+(\s[^\s]+)*`: no leading, trailing or doubled whitespace.
@@ -149,13 +253,18 @@ fn is_code(s: &str) -> bool {
 
 /// `urn:oid:[0-2](\.(0|[1-9][0-9]*))+`
 fn is_oid(s: &str) -> bool {
-    let Some(rest) = s.strip_prefix("urn:oid:") else { return false };
+    let Some(rest) = s.strip_prefix("urn:oid:") else {
+        return false;
+    };
     let mut parts = rest.split('.');
     let first_ok = matches!(parts.next(), Some("0" | "1" | "2"));
     let mut n = 0;
     for p in parts {
         n += 1;
-        if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || (p.len() > 1 && p.starts_with('0')) {
+        if p.is_empty()
+            || !p.bytes().all(|b| b.is_ascii_digit())
+            || (p.len() > 1 && p.starts_with('0'))
+        {
             return false;
         }
     }
@@ -164,7 +273,9 @@ fn is_oid(s: &str) -> bool {
 
 /// `urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}`
 pub fn is_uuid_urn(s: &str) -> bool {
-    let Some(rest) = s.strip_prefix("urn:uuid:") else { return false };
+    let Some(rest) = s.strip_prefix("urn:uuid:") else {
+        return false;
+    };
     let b = rest.as_bytes();
     b.len() == 36
         && b.iter().enumerate().all(|(i, &c)| match i {
@@ -228,14 +339,26 @@ mod tests {
             (Primitive::Uri, json!("http://x.org/a b"), false),
             (Primitive::Oid, json!("urn:oid:1.2.3"), true),
             (Primitive::Oid, json!("urn:oid:1.02"), false),
-            (Primitive::Uuid, json!("urn:uuid:c757873d-ec9a-4326-a141-556f43239520"), true),
-            (Primitive::Uuid, json!("urn:uuid:C757873D-ec9a-4326-a141-556f43239520"), false),
+            (
+                Primitive::Uuid,
+                json!("urn:uuid:c757873d-ec9a-4326-a141-556f43239520"),
+                true,
+            ),
+            (
+                Primitive::Uuid,
+                json!("urn:uuid:C757873D-ec9a-4326-a141-556f43239520"),
+                false,
+            ),
             (Primitive::Base64Binary, json!("aGVsbG8="), true),
             (Primitive::Base64Binary, json!("aGVsbG8"), false),
             (Primitive::Date, json!("2024-02-29"), true),
             (Primitive::Date, json!("2023-02-29"), false),
             (Primitive::Date, json!("not-a-date"), false),
-            (Primitive::DateTime, json!("2024-01-01T10:00:00+07:00"), true),
+            (
+                Primitive::DateTime,
+                json!("2024-01-01T10:00:00+07:00"),
+                true,
+            ),
             (Primitive::DateTime, json!("2024-01-01T10:00:00"), false),
             (Primitive::Instant, json!("2024-01-01T10:00:00.123Z"), true),
             (Primitive::Instant, json!("2024-01-01"), false),
@@ -243,6 +366,13 @@ mod tests {
             (Primitive::Time, json!("24:00:00"), false),
             (Primitive::String, json!(""), false),
             (Primitive::String, json!("Nguyễn Văn A"), true),
+            (
+                Primitive::Xhtml,
+                json!("<div xmlns=\"http://www.w3.org/1999/xhtml\"><p>a <b>b</b></p></div>"),
+                true,
+            ),
+            (Primitive::Xhtml, json!("<div><p>unclosed</div>"), false),
+            (Primitive::Xhtml, json!("<p>not a div</p>"), false),
         ];
         for (p, v, ok) in cases {
             assert_eq!(check(*p, v).is_ok(), *ok, "{p:?} {v}");

@@ -98,7 +98,11 @@ impl Primitive {
     pub fn is_uri_like(self) -> bool {
         matches!(
             self,
-            Primitive::Uri | Primitive::Url | Primitive::Canonical | Primitive::Oid | Primitive::Uuid
+            Primitive::Uri
+                | Primitive::Url
+                | Primitive::Canonical
+                | Primitive::Oid
+                | Primitive::Uuid
         )
     }
 }
@@ -181,7 +185,15 @@ impl Schema {
                     } else {
                         base
                     };
-                    def.elements.insert(prop, Element { name: base, ty, many, summary });
+                    def.elements.insert(
+                        prop,
+                        Element {
+                            name: base,
+                            ty,
+                            many,
+                            summary,
+                        },
+                    );
                     props.push(prop);
                 }
                 if is_choice {

@@ -9,20 +9,25 @@ use serde_json::{Map, Value};
 
 use super::outcome::Issue;
 use super::primitive;
-use super::schema::{Element, Primitive, Schema, TypeDef, TypeRef, R4};
+use super::schema::{Element, Primitive, R4, Schema, TypeDef, TypeRef};
 
 /// The most problems reported for one resource; the rest are summarised.
 const MAX_ISSUES: usize = 50;
 
 /// Validates a resource. Returns its type name, or every problem found.
 pub fn resource(value: &Value) -> Result<&'static str, Vec<Issue>> {
-    let mut v = Walker { schema: &R4, issues: Vec::new(), path: String::with_capacity(64) };
+    let mut v = Walker {
+        schema: &R4,
+        issues: Vec::new(),
+        path: String::with_capacity(64),
+    };
     let ty = v.resource(value);
     match ty {
         Some(t) if v.issues.is_empty() => Ok(t),
         _ => {
             if v.issues.is_empty() {
-                v.issues.push(Issue::error("structure", "not a FHIR resource"));
+                v.issues
+                    .push(Issue::error("structure", "not a FHIR resource"));
             }
             Err(v.issues)
         }
@@ -38,8 +43,15 @@ struct Walker<'s> {
 impl Walker<'_> {
     fn issue(&mut self, code: &'static str, msg: String) {
         if self.issues.len() < MAX_ISSUES {
-            let at = if self.path.is_empty() { None } else { Some(self.path.clone()) };
-            self.issues.push(Issue { expression: at, ..Issue::error(code, msg) });
+            let at = if self.path.is_empty() {
+                None
+            } else {
+                Some(self.path.clone())
+            };
+            self.issues.push(Issue {
+                expression: at,
+                ..Issue::error(code, msg)
+            });
         }
     }
 
@@ -62,22 +74,40 @@ impl Walker<'_> {
 
     fn resource(&mut self, value: &Value) -> Option<&'static str> {
         let Value::Object(obj) = value else {
-            self.issue("structure", format!("a resource must be a JSON object, found {}", primitive::kind(value)));
+            self.issue(
+                "structure",
+                format!(
+                    "a resource must be a JSON object, found {}",
+                    primitive::kind(value)
+                ),
+            );
             return None;
         };
         let name = match obj.get("resourceType") {
             Some(Value::String(s)) => s,
             Some(other) => {
-                self.issue("structure", format!("resourceType must be a string, found {}", primitive::kind(other)));
+                self.issue(
+                    "structure",
+                    format!(
+                        "resourceType must be a string, found {}",
+                        primitive::kind(other)
+                    ),
+                );
                 return None;
             }
             None => {
-                self.issue("required", "resourceType is missing: a resource names its type".to_string());
+                self.issue(
+                    "required",
+                    "resourceType is missing: a resource names its type".to_string(),
+                );
                 return None;
             }
         };
         let Some(ty) = self.schema.resource_type(name) else {
-            self.issue("not-supported", format!("'{name}' is not a FHIR R4 resource type"));
+            self.issue(
+                "not-supported",
+                format!("'{name}' is not a FHIR R4 resource type"),
+            );
             return None;
         };
         let def = self.schema.type_def(ty)?;
@@ -90,7 +120,10 @@ impl Walker<'_> {
 
     fn object(&mut self, obj: &Map<String, Value>, def: &TypeDef, is_resource: bool) {
         if obj.is_empty() {
-            self.issue("structure", "empty objects are not allowed in FHIR JSON".to_string());
+            self.issue(
+                "structure",
+                "empty objects are not allowed in FHIR JSON".to_string(),
+            );
             return;
         }
         for (key, value) in obj {
@@ -124,7 +157,10 @@ impl Walker<'_> {
             let n = props.iter().filter(|p| obj.contains_key(**p)).count();
             if n > 1 {
                 let mark = self.push(name);
-                self.issue("structure", format!("only one type of {name}[x] may be given, found {n}"));
+                self.issue(
+                    "structure",
+                    format!("only one type of {name}[x] may be given, found {n}"),
+                );
                 self.path.truncate(mark);
             }
         }
@@ -140,7 +176,10 @@ impl Walker<'_> {
                     (Value::Array(items), true) => {
                         if let Some(Value::Array(vals)) = obj.get(base) {
                             if vals.len() != items.len() {
-                                self.issue("structure", format!("_{base} must have as many items as {base}"));
+                                self.issue(
+                                    "structure",
+                                    format!("_{base} must have as many items as {base}"),
+                                );
                             }
                         }
                         for (i, item) in items.iter().enumerate() {
@@ -148,7 +187,13 @@ impl Walker<'_> {
                             match (item, element_def) {
                                 (Value::Null, _) => {}
                                 (Value::Object(o), Some(d)) => self.object(o, d, false),
-                                _ => self.issue("structure", format!("expected an object or null, found {}", primitive::kind(item))),
+                                _ => self.issue(
+                                    "structure",
+                                    format!(
+                                        "expected an object or null, found {}",
+                                        primitive::kind(item)
+                                    ),
+                                ),
                             }
                             self.path.truncate(m);
                         }
@@ -158,7 +203,13 @@ impl Walker<'_> {
                             self.object(o, d, false);
                         }
                     }
-                    _ => self.issue("structure", format!("_{base} has the wrong shape: found {}", primitive::kind(value))),
+                    _ => self.issue(
+                        "structure",
+                        format!(
+                            "_{base} has the wrong shape: found {}",
+                            primitive::kind(value)
+                        ),
+                    ),
                 }
             }
             _ => self.issue("structure", format!("unknown element '_{base}'")),
@@ -191,7 +242,10 @@ impl Walker<'_> {
         match (value, el.many) {
             (Value::Array(items), true) => {
                 if items.is_empty() {
-                    self.issue("structure", "empty arrays are not allowed in FHIR JSON".to_string());
+                    self.issue(
+                        "structure",
+                        "empty arrays are not allowed in FHIR JSON".to_string(),
+                    );
                 }
                 let comp = match companion {
                     Some(Value::Array(c)) => Some(c),
@@ -202,7 +256,11 @@ impl Walker<'_> {
                     if item.is_null() && matches!(el.ty, TypeRef::Primitive(_)) {
                         let has_ext = comp.and_then(|c| c.get(i)).is_some_and(|c| !c.is_null());
                         if !has_ext {
-                            self.issue("structure", "null is only allowed where _ gives the item an id or extension".to_string());
+                            self.issue(
+                                "structure",
+                                "null is only allowed where _ gives the item an id or extension"
+                                    .to_string(),
+                            );
                         }
                     } else {
                         self.value(el.ty, item);
@@ -211,10 +269,19 @@ impl Walker<'_> {
                 }
             }
             (Value::Array(_), false) => {
-                self.issue("structure", format!("'{key}' is a single element, not an array"));
+                self.issue(
+                    "structure",
+                    format!("'{key}' is a single element, not an array"),
+                );
             }
             (_, true) => {
-                self.issue("structure", format!("'{key}' repeats: it must be an array, found {}", primitive::kind(value)));
+                self.issue(
+                    "structure",
+                    format!(
+                        "'{key}' repeats: it must be an array, found {}",
+                        primitive::kind(value)
+                    ),
+                );
             }
             (_, false) => self.value(el.ty, value),
         }
@@ -225,7 +292,12 @@ impl Walker<'_> {
         match ty {
             TypeRef::Primitive(p) => {
                 if let Err(problem) = primitive::check(p, value) {
-                    let code = if matches!(value, Value::Object(_) | Value::Array(_) | Value::Null) { "structure" } else { "value" };
+                    let code = if matches!(value, Value::Object(_) | Value::Array(_) | Value::Null)
+                    {
+                        "structure"
+                    } else {
+                        "value"
+                    };
                     self.issue(code, problem);
                 } else if p == Primitive::String {
                     // Strings over 1 MB are not allowed (R4 §2.24.0.1).
@@ -236,7 +308,13 @@ impl Walker<'_> {
             }
             TypeRef::Complex(key) => match (value, self.schema.type_def(key)) {
                 (Value::Object(o), Some(def)) => self.object(o, def, false),
-                (_, Some(_)) => self.issue("structure", format!("expected an object ({key}), found {}", primitive::kind(value))),
+                (_, Some(_)) => self.issue(
+                    "structure",
+                    format!(
+                        "expected an object ({key}), found {}",
+                        primitive::kind(value)
+                    ),
+                ),
                 (_, None) => self.issue("exception", format!("no definition of type {key}")),
             },
             TypeRef::Resource => {
@@ -248,18 +326,27 @@ impl Walker<'_> {
     /// A resource inside another (contained, Bundle.entry.resource): walked with the current path.
     fn resource_in_place(&mut self, value: &Value) -> Option<&'static str> {
         let Value::Object(obj) = value else {
-            self.issue("structure", format!("expected a resource, found {}", primitive::kind(value)));
+            self.issue(
+                "structure",
+                format!("expected a resource, found {}", primitive::kind(value)),
+            );
             return None;
         };
         let name = match obj.get("resourceType") {
             Some(Value::String(s)) => s.as_str(),
             _ => {
-                self.issue("required", "resourceType is missing or not a string".to_string());
+                self.issue(
+                    "required",
+                    "resourceType is missing or not a string".to_string(),
+                );
                 return None;
             }
         };
         let Some(ty) = self.schema.resource_type(name) else {
-            self.issue("not-supported", format!("'{name}' is not a FHIR R4 resource type"));
+            self.issue(
+                "not-supported",
+                format!("'{name}' is not a FHIR R4 resource type"),
+            );
             return None;
         };
         let def = self.schema.type_def(ty)?;
@@ -299,8 +386,14 @@ mod tests {
                        "contained": [{"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "valueQuantity": {"value": "1"}}]});
         let got = problems(p);
         let at: Vec<&str> = got.iter().map(|(a, _)| a.as_str()).collect();
-        for want in ["Patient.birthDate", "Patient.name[0].given[1]", "Patient.foo", "Patient.active",
-                     "Patient.gender", "Patient.contained[0].value.ofType(Quantity).value"] {
+        for want in [
+            "Patient.birthDate",
+            "Patient.name[0].given[1]",
+            "Patient.foo",
+            "Patient.active",
+            "Patient.gender",
+            "Patient.contained[0].value.ofType(Quantity).value",
+        ] {
             assert!(at.contains(&want), "{want} missing from {got:?}");
         }
     }
@@ -309,7 +402,11 @@ mod tests {
     fn required_elements_and_choices_are_checked() {
         let o = json!({"resourceType": "Observation", "code": {"text": "x"}, "valueString": "a", "valueBoolean": true});
         let got = problems(o);
-        assert!(got.iter().any(|(a, m)| a == "Observation.status" && m.contains("required")), "{got:?}");
+        assert!(
+            got.iter()
+                .any(|(a, m)| a == "Observation.status" && m.contains("required")),
+            "{got:?}"
+        );
         assert!(got.iter().any(|(a, _)| a == "Observation.value"), "{got:?}");
     }
 }

@@ -17,7 +17,9 @@ use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnectio
 use diesel::{Connection, PgConnection, SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-pub use session::{HistoryQuery, HistoryScope, Method, NewVersion, Session, TokenRow, VersionRow};
+pub use session::{
+    HistoryQuery, HistoryScope, Method, NewVersion, Session, TokenRow, VersionRow, fnv1a,
+};
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
@@ -62,12 +64,20 @@ impl From<diesel::result::Error> for StoreError {
         use diesel::result::DatabaseErrorKind as K;
         use diesel::result::Error as E;
         match e {
-            E::DatabaseError(K::UniqueViolation | K::SerializationFailure, _) => StoreError::Conflict,
+            E::DatabaseError(K::UniqueViolation | K::SerializationFailure, _) => {
+                StoreError::Conflict
+            }
             E::DatabaseError(K::ClosedConnection | K::UnableToSendCommand, info) => {
                 StoreError::Unavailable(info.message().to_string())
             }
-            // SQLite reports a lock it could not get within busy_timeout as an unknown error.
-            E::DatabaseError(K::Unknown, ref info) if info.message().contains("locked") => StoreError::Conflict,
+            // SQLite reports a lock it could not get within busy_timeout, and PostgreSQL a
+            // deadlock between two transactions, as unknown errors: both are worth a retry.
+            E::DatabaseError(K::Unknown, ref info)
+                if info.message().contains("locked")
+                    || info.message().contains("deadlock detected") =>
+            {
+                StoreError::Conflict
+            }
             other => StoreError::Db(other),
         }
     }
@@ -123,7 +133,11 @@ impl Store {
         let (backend, url) = parse_url(&config.url)?;
         let synchronous = match config.sqlite_synchronous.to_ascii_uppercase().as_str() {
             s @ ("OFF" | "NORMAL" | "FULL" | "EXTRA") => s.to_string(),
-            other => return Err(StoreError::Unavailable(format!("unknown SQLite synchronous mode {other}"))),
+            other => {
+                return Err(StoreError::Unavailable(format!(
+                    "unknown SQLite synchronous mode {other}"
+                )));
+            }
         };
         let store = match backend {
             Backend::Sqlite => {
@@ -134,8 +148,9 @@ impl Store {
                         })?;
                     }
                 }
-                let mut writer = Db::establish(&url)
-                    .map_err(|e| StoreError::Unavailable(format!("cannot open SQLite file {url}: {e}")))?;
+                let mut writer = Db::establish(&url).map_err(|e| {
+                    StoreError::Unavailable(format!("cannot open SQLite file {url}: {e}"))
+                })?;
                 sqlite_pragmas(&mut writer, &synchronous)?;
                 run_migrations(&mut writer, backend)?;
                 let pool = Pool::builder()
@@ -143,7 +158,11 @@ impl Store {
                     .min_idle(Some(1))
                     .connection_customizer(Box::new(SqlitePragmas { synchronous }))
                     .build(ConnectionManager::new(url))?;
-                Store { backend, pool, writer: Some(Arc::new(Mutex::new(writer))) }
+                Store {
+                    backend,
+                    pool,
+                    writer: Some(Arc::new(Mutex::new(writer))),
+                }
             }
             Backend::Postgres => {
                 let pool = Pool::builder()
@@ -154,7 +173,11 @@ impl Store {
                     .build(ConnectionManager::new(url))?;
                 let mut conn = pool.get()?;
                 run_migrations(&mut conn, backend)?;
-                Store { backend, pool, writer: None }
+                Store {
+                    backend,
+                    pool,
+                    writer: None,
+                }
             }
         };
         Ok(store)
@@ -227,14 +250,20 @@ where
     // upgrading a read lock when another process (`yba migrate`, an import) writes to the same
     // file. It goes through diesel's transaction manager so that nested work sees the transaction.
     let Db::Sqlite(conn) = db else {
-        return Err(StoreError::Unavailable("the SQLite writer holds a PostgreSQL connection".into()).into());
+        return Err(StoreError::Unavailable(
+            "the SQLite writer holds a PostgreSQL connection".into(),
+        )
+        .into());
     };
-    AnsiTransactionManager::begin_transaction_sql(conn, "BEGIN IMMEDIATE").map_err(StoreError::from)?;
+    AnsiTransactionManager::begin_transaction_sql(conn, "BEGIN IMMEDIATE")
+        .map_err(StoreError::from)?;
     let result = (|| {
         let txid = session::next_sqlite_txid(db)?;
         f(&mut Session::new(db, Backend::Sqlite, txid))
     })();
-    let Db::Sqlite(conn) = db else { unreachable!("checked above") };
+    let Db::Sqlite(conn) = db else {
+        unreachable!("checked above")
+    };
     match result {
         Ok(v) => match AnsiTransactionManager::commit_transaction(conn) {
             Ok(()) => Ok(v),
@@ -264,13 +293,19 @@ where
         let r = f(&mut Session::new(db, backend, txid));
         let failed = r.is_err();
         outcome = Some(r);
-        if failed { Err(diesel::result::Error::RollbackTransaction) } else { Ok(()) }
+        if failed {
+            Err(diesel::result::Error::RollbackTransaction)
+        } else {
+            Ok(())
+        }
     });
     match (r, outcome) {
         (Ok(()), Some(v)) => v,
         (Err(diesel::result::Error::RollbackTransaction), Some(v)) => v,
         (Err(e), _) => Err(StoreError::from(e).into()),
-        (Ok(()), None) => Err(StoreError::Unavailable("transaction produced no result".into()).into()),
+        (Ok(()), None) => {
+            Err(StoreError::Unavailable("transaction produced no result".into()).into())
+        }
     }
 }
 

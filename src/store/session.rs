@@ -125,7 +125,9 @@ macro_rules! batch_insert_versions {
 macro_rules! batch_insert_tokens {
     ($conn:expr, $rows:expr) => {{
         for chunk in $rows.chunks(CHUNK) {
-            diesel::insert_into(ix_token::table).values(chunk).execute($conn)?;
+            diesel::insert_into(ix_token::table)
+                .values(chunk)
+                .execute($conn)?;
         }
     }};
 }
@@ -154,7 +156,7 @@ impl<'c> Session<'c> {
     }
 
     pub fn ping(&mut self) -> Result<()> {
-        diesel::select(sql::<BigInt>("1")).get_result::<i64>(self.db)?;
+        diesel::select(sql::<BigInt>("CAST(1 AS BIGINT)")).get_result::<i64>(self.db)?;
         Ok(())
     }
 
@@ -194,9 +196,13 @@ impl<'c> Session<'c> {
     /// Ends a version's time as the current one and drops its index rows. Fails with
     /// `Conflict` when another transaction retired it first (optimistic locking).
     pub fn retire(&mut self, pk: i64) -> Result<()> {
-        let n = diesel::update(rv::table.filter(rv::pk.eq(pk)).filter(rv::is_current.eq(true)))
-            .set(rv::is_current.eq(false))
-            .execute(self.db)?;
+        let n = diesel::update(
+            rv::table
+                .filter(rv::pk.eq(pk))
+                .filter(rv::is_current.eq(true)),
+        )
+        .set(rv::is_current.eq(false))
+        .execute(self.db)?;
         if n != 1 {
             return Err(StoreError::Conflict);
         }
@@ -278,7 +284,9 @@ impl<'c> Session<'c> {
             HistoryScope::System => {}
             HistoryScope::Type(t) => query = query.filter(rv::res_type.eq(t.clone())),
             HistoryScope::Instance(t, id) => {
-                query = query.filter(rv::res_type.eq(t.clone())).filter(rv::res_id.eq(id.clone()))
+                query = query
+                    .filter(rv::res_type.eq(t.clone()))
+                    .filter(rv::res_id.eq(id.clone()))
             }
         }
         if let Some(since) = q.since {
@@ -286,16 +294,22 @@ impl<'c> Session<'c> {
         }
         if let Some((low, high)) = q.at {
             // Current at some point in [low, high): created before `high`, and not replaced
-            // before `low` (its successor, if any, came at or after `low`).
+            // by `low` (a version is current from its lastUpdated until its successor's).
             let replaced_before_low = sql::<diesel::sql_types::Bool>(&format!(
                 "EXISTS (SELECT 1 FROM resource_version n WHERE n.res_type = resource_version.res_type \
                  AND n.res_id = resource_version.res_id AND n.version = resource_version.version + 1 \
-                 AND n.last_updated < {low})"
+                 AND n.last_updated <= {low})"
             ));
-            query = query.filter(rv::last_updated.lt(high)).filter(diesel::dsl::not(replaced_before_low));
+            query = query
+                .filter(rv::last_updated.lt(high))
+                .filter(diesel::dsl::not(replaced_before_low));
         }
         if let Some((lu, pk)) = q.before {
-            query = query.filter(rv::last_updated.lt(lu).or(rv::last_updated.eq(lu).and(rv::pk.lt(pk))));
+            query = query.filter(
+                rv::last_updated
+                    .lt(lu)
+                    .or(rv::last_updated.eq(lu).and(rv::pk.lt(pk))),
+            );
         }
         Ok(query
             .order((rv::last_updated.desc(), rv::pk.desc()))
@@ -312,6 +326,14 @@ impl<'c> Session<'c> {
             .get_result(self.db)?)
     }
 
+    /// Serialises writers of one resource until the transaction ends, so that concurrent updates
+    /// queue instead of failing: after the lock, the current version is the latest committed.
+    /// SQLite's single writer already serialises them.
+    pub fn lock_resource(&mut self, ty: &str, id: &str) -> Result<()> {
+        let key = fnv1a(&[ty.as_bytes(), b"/", id.as_bytes()]);
+        self.lock_condition(key)
+    }
+
     /// Serialises writers that test the same condition (conditional create/update), so two
     /// concurrent conditional creates cannot both create. SQLite's single writer already does.
     pub fn lock_condition(&mut self, key: i64) -> Result<()> {
@@ -322,6 +344,16 @@ impl<'c> Session<'c> {
         }
         Ok(())
     }
+}
+
+/// FNV-1a, 64 bits: a lock key stable across processes and versions.
+pub fn fnv1a(parts: &[&[u8]]) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in parts.iter().flat_map(|p| p.iter()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
 }
 
 /// The next change number on SQLite: taken under the write lock, so numbers follow commit order.

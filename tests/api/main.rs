@@ -1,0 +1,13 @@
+//! Integration tests: the real server over HTTP, on SQLite always and on PostgreSQL when it is
+//! reachable (required in CI). One test binary, so it links once.
+
+mod helpers;
+
+mod bundles;
+mod conditional;
+mod crud;
+mod errors;
+mod examples;
+mod formats;
+mod history;
+mod ops;
