@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
 /// Sets up logging: `RUST_LOG` filters (default `info`), `YBA_LOG_FORMAT=json` for JSON lines.
@@ -24,61 +24,49 @@ pub fn init_logging() {
     };
 }
 
-/// Request counts and latencies by FHIR interaction.
+/// Request counts and latencies by FHIR interaction. The label sets are resolved once, up
+/// front: recording a request is a few atomic additions, no map lookup.
 pub struct Metrics {
     registry: Registry,
-    requests: IntCounterVec,
-    latency: HistogramVec,
+    /// Per interaction: a counter per status class (1xx..5xx), and the latency histogram.
+    by_interaction: Vec<([IntCounter; 5], Histogram)>,
 }
 
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
 impl Metrics {
-    pub fn new() -> Metrics {
+    /// Metrics for the given interactions (indexed as `observe` takes them).
+    pub fn new(interactions: &[&str]) -> Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new(
-                "yba_http_requests_total",
-                "HTTP requests by interaction and status class",
-            ),
+            Opts::new("yba_http_requests_total", "HTTP requests by interaction and status class"),
             &["interaction", "status"],
         )
         .expect("valid metric");
         let latency = HistogramVec::new(
-            HistogramOpts::new(
-                "yba_http_request_duration_seconds",
-                "HTTP request latency by interaction",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
-            ]),
+            HistogramOpts::new("yba_http_request_duration_seconds", "HTTP request latency by interaction")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             &["interaction"],
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(requests.clone()))
-            .expect("unique metric");
-        registry
-            .register(Box::new(latency.clone()))
-            .expect("unique metric");
-        Metrics {
-            registry,
-            requests,
-            latency,
-        }
+        registry.register(Box::new(requests.clone())).expect("unique metric");
+        registry.register(Box::new(latency.clone())).expect("unique metric");
+        let by_interaction = interactions
+            .iter()
+            .map(|i| {
+                let counters = CLASSES.map(|c| requests.with_label_values(&[*i, c]));
+                (counters, latency.with_label_values(&[*i]))
+            })
+            .collect();
+        Metrics { registry, by_interaction }
     }
 
-    pub fn observe(&self, interaction: &str, status: u16, elapsed: Duration) {
-        let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.requests.with_label_values(&[interaction, class]).inc();
-        self.latency
-            .with_label_values(&[interaction])
-            .observe(elapsed.as_secs_f64());
+    pub fn observe(&self, interaction: usize, status: u16, elapsed: Duration) {
+        if let Some((counters, latency)) = self.by_interaction.get(interaction) {
+            let class = (usize::from(status / 100)).clamp(1, 5) - 1;
+            counters[class].inc();
+            latency.observe(elapsed.as_secs_f64());
+        }
     }
 
     /// The Prometheus text exposition of all metrics.
@@ -86,11 +74,5 @@ impl Metrics {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
     }
 }

@@ -66,7 +66,7 @@ pub fn outcome_response(status: StatusCode, issues: &[Issue], format: Format) ->
     let json = outcome::to_json(issues);
     let (body, format) = match format {
         Format::Json => (json, Format::Json),
-        Format::Xml => match std::str::from_utf8(&json)
+        Format::Xml => match String::from_utf8(json.clone())
             .ok()
             .map(|j| render(j, Format::Xml, false))
         {

@@ -50,6 +50,23 @@ pub enum Interaction {
 }
 
 impl Interaction {
+    pub const ALL: [Interaction; 14] = [
+        Interaction::Read,
+        Interaction::Vread,
+        Interaction::Create,
+        Interaction::Update,
+        Interaction::Patch,
+        Interaction::Delete,
+        Interaction::Search,
+        Interaction::HistoryInstance,
+        Interaction::HistoryType,
+        Interaction::HistorySystem,
+        Interaction::Transaction,
+        Interaction::Capabilities,
+        Interaction::Operations,
+        Interaction::Unknown,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Interaction::Read => "read",
@@ -75,7 +92,7 @@ pub struct AppState {
     pub fhir: Fhir,
     pub metrics: Arc<Metrics>,
     pub max_body: usize,
-    pub base_url: Option<String>,
+    pub base_url: Option<Arc<str>>,
 }
 
 impl AppState {
@@ -91,7 +108,7 @@ impl AppState {
         F: FnOnce(Ctx) -> Fut,
         Fut: Future<Output = Result<HttpResponse, ApiError>>,
     {
-        let mut resp = match Ctx::new(req, self.base_url.as_deref()) {
+        let mut resp = match Ctx::new(req, self.base_url.as_ref()) {
             Ok(ctx) => match handler(ctx).await {
                 Ok(r) => r,
                 Err(e) => actix_web::ResponseError::error_response(&e),
@@ -123,7 +140,7 @@ async fn observe(
         .unwrap_or(Interaction::Unknown);
     let status = res.status().as_u16();
     if let Some(m) = metrics {
-        m.observe(interaction.name(), status, start.elapsed());
+        m.observe(interaction as usize, status, start.elapsed());
     }
     if let Some(method) = method {
         // The route pattern, never the path: ids are pseudonymous but queries may hold personal data.
@@ -244,9 +261,9 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
     let store = Store::open(&config.store())?;
     let state = web::Data::new(AppState {
         fhir: Fhir::new(store.clone()),
-        metrics: Arc::new(Metrics::new()),
+        metrics: Arc::new(Metrics::new(&Interaction::ALL.map(Interaction::name))),
         max_body: config.max_body,
-        base_url: config.base_url.clone(),
+        base_url: config.base_url.as_deref().map(Arc::from),
     });
     let access_log = web::Data::new(AccessLog(config.access_log));
     let mut server = HttpServer::new(move || {

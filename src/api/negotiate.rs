@@ -23,12 +23,14 @@ pub struct Ctx {
     pub prefer: Option<Return>,
     /// `Prefer: handling=lenient`: ignore unknown search parameters.
     pub lenient: bool,
-    pub base: String,
+    req: HttpRequest,
+    configured_base: Option<std::sync::Arc<str>>,
+    base: std::cell::OnceCell<String>,
 }
 
 impl Ctx {
     /// Negotiates from `_format`, `Accept`, the body's `Content-Type`, `_pretty` and `Prefer`.
-    pub fn new(req: &HttpRequest, base_url: Option<&str>) -> Result<Ctx, ApiError> {
+    pub fn new(req: &HttpRequest, base_url: Option<&std::sync::Arc<str>>) -> Result<Ctx, ApiError> {
         let query = req.query_string();
         let mut format_param = None;
         let mut pretty = false;
@@ -58,8 +60,16 @@ impl Ctx {
             pretty,
             prefer,
             lenient,
-            base: base(req, base_url),
+            req: req.clone(),
+            configured_base: base_url.cloned(),
+            base: std::cell::OnceCell::new(),
         })
+    }
+
+    /// The FHIR base URL: configured, or this request's scheme and host (worked out only when a
+    /// response needs it: reads do not).
+    pub fn base(&self) -> &str {
+        self.base.get_or_init(|| base(&self.req, self.configured_base.as_deref()))
     }
 
     pub fn error(&self, e: crate::error::Error) -> ApiError {

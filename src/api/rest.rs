@@ -114,57 +114,41 @@ fn http_date(ms: i64) -> HttpDate {
 }
 
 /// A response carrying a stored version, shaped by `Prefer: return=`.
-fn resource_response(
-    status: StatusCode,
-    s: &Stored,
-    ctx: &Ctx,
-    location: bool,
-    message: &str,
-) -> Reply {
+fn resource_response(status: StatusCode, s: Stored, ctx: &Ctx, location: bool, what: &str) -> Reply {
     let mut b = HttpResponse::build(status);
     b.insert_header((header::ETAG, format!("W/\"{}\"", s.version)))
         .insert_header((header::LAST_MODIFIED, http_date(s.last_updated)));
     if location {
         b.insert_header((
             header::LOCATION,
-            format!("{}/{}/{}/_history/{}", ctx.base, s.ty, s.id, s.version),
+            format!("{}/{}/{}/_history/{}", ctx.base(), s.ty, s.id, s.version),
         ));
     }
     match ctx.prefer.unwrap_or(Return::Representation) {
         Return::Minimal => Ok(b.finish()),
         Return::OperationOutcome => {
-            let mut r = outcome_response(status, &[Issue::information(message)], ctx.format);
+            let msg = format!("{what}: {}/{} version {}", s.ty, s.id, s.version);
+            let mut r = outcome_response(status, &[Issue::information(msg)], ctx.format);
             for (k, v) in b.finish().headers() {
                 r.headers_mut().insert(k.clone(), v.clone());
             }
             Ok(r)
         }
         Return::Representation => {
-            let body = render(&s.body, ctx.format, ctx.pretty)
+            let body = render(s.body, ctx.format, ctx.pretty)
                 .map_err(|i| ctx.error(Error::Invalid(vec![i])))?;
             Ok(b.content_type(ctx.format.mime()).body(body))
         }
     }
 }
 
-fn written_response(w: &Written, ctx: &Ctx, what: &str) -> Reply {
-    let status = if w.created {
-        StatusCode::CREATED
+fn written_response(w: Written, ctx: &Ctx, what: &str) -> Reply {
+    let (status, what) = if w.created {
+        (StatusCode::CREATED, "created")
     } else {
-        StatusCode::OK
+        (StatusCode::OK, what)
     };
-    let msg = if w.created {
-        format!(
-            "{what}: created {}/{} version {}",
-            w.stored.ty, w.stored.id, w.stored.version
-        )
-    } else {
-        format!(
-            "{what}: {}/{} version {}",
-            w.stored.ty, w.stored.id, w.stored.version
-        )
-    };
-    resource_response(status, &w.stored, ctx, w.created || what == "create", &msg)
+    resource_response(status, w.stored, ctx, w.created, what)
 }
 
 /// `GET [type]/[id]`, with `If-None-Match` and `If-Modified-Since` (304).
@@ -186,16 +170,10 @@ pub async fn read(
                     .insert_header((header::LAST_MODIFIED, http_date(stored.last_updated)))
                     .finish());
             }
-            resource_response(
-                StatusCode::OK,
-                &stored,
-                &Ctx {
-                    prefer: None,
-                    ..ctx
-                },
-                false,
-                "",
-            )
+            // Prefer: return= concerns writes; a read always returns the resource.
+            let mut ctx = ctx;
+            ctx.prefer = None;
+            resource_response(StatusCode::OK, stored, &ctx, false, "")
         })
         .await
 }
@@ -242,16 +220,10 @@ pub async fn vread(
                 .vread(ty, id, version)
                 .await
                 .map_err(|e| ctx.error(e))?;
-            resource_response(
-                StatusCode::OK,
-                &stored,
-                &Ctx {
-                    prefer: None,
-                    ..ctx
-                },
-                false,
-                "",
-            )
+            // Prefer: return= concerns writes; a read always returns the resource.
+            let mut ctx = ctx;
+            ctx.prefer = None;
+            resource_response(StatusCode::OK, stored, &ctx, false, "")
         })
         .await
 }
@@ -289,7 +261,7 @@ pub async fn create(
                 .create(ty, value, condition)
                 .await
                 .map_err(|e| ctx.error(e))?;
-            written_response(&w, &ctx, "create")
+            written_response(w, &ctx, "found by If-None-Exist")
         })
         .await
 }
@@ -314,7 +286,7 @@ pub async fn update(
                 .update(ty, id, value, if_match)
                 .await
                 .map_err(|e| ctx.error(e))?;
-            written_response(&w, &ctx, "update")
+            written_response(w, &ctx, "updated")
         })
         .await
 }
@@ -339,7 +311,7 @@ pub async fn conditional_update(
                 .conditional_update(ty, condition, value, if_match)
                 .await
                 .map_err(|e| ctx.error(e))?;
-            written_response(&w, &ctx, "update")
+            written_response(w, &ctx, "updated")
         })
         .await
 }
@@ -389,7 +361,7 @@ pub async fn patch(
         let patch: json_patch::Patch = serde_json::from_slice(&body)
             .map_err(|e| ApiError::new(400, "structure", format!("the body is not a JSON Patch document: {e}"), ctx.format))?;
         let w = state.fhir.patch(ty, id, patch, if_match).await.map_err(|e| ctx.error(e))?;
-        written_response(&w, &ctx, "patch")
+        written_response(w, &ctx, "patched")
     })
     .await
 }
@@ -523,21 +495,21 @@ async fn search_with(
         let entries: Vec<EntryOut> = found
             .into_iter()
             .map(|s| EntryOut {
-                full_url: Some(format!("{}/{}/{}", ctx.base, s.ty, s.id)),
+                full_url: Some(format!("{}/{}/{}", ctx.base(), s.ty, s.id)),
                 resource: Some(s.body),
                 search_mode: Some("match"),
                 ..Default::default()
             })
             .collect();
-        let self_link = format!("{}/{ty}?{query}", ctx.base);
+        let self_link = format!("{}/{ty}?{query}", ctx.base());
         let json = bundle_json("searchset", Some(entries.len() as i64), &[("self", self_link)], &entries);
-        bundle_response(&json, &ctx)
+        bundle_response(json, &ctx)
     })
     .await
 }
 
 /// A Bundle response in the negotiated format.
-pub fn bundle_response(json: &str, ctx: &Ctx) -> Reply {
+pub fn bundle_response(json: String, ctx: &Ctx) -> Reply {
     let body =
         render(json, ctx.format, ctx.pretty).map_err(|i| ctx.error(Error::Invalid(vec![i])))?;
     Ok(HttpResponse::Ok()
@@ -669,9 +641,9 @@ async fn history(
         }
         let qs = s.finish();
         if qs.is_empty() {
-            format!("{}/{path}", ctx.base)
+            format!("{}/{path}", ctx.base())
         } else {
-            format!("{}/{path}?{qs}", ctx.base)
+            format!("{}/{path}?{qs}", ctx.base())
         }
     };
     let mut links = vec![("self", link(None))];
@@ -685,10 +657,10 @@ async fn history(
     }
     let entries: Vec<EntryOut> = rows
         .into_iter()
-        .map(|s| history_entry(s, &ctx.base))
+        .map(|s| history_entry(s, ctx.base()))
         .collect();
     let json = bundle_json("history", total, &links, &entries);
-    bundle_response(&json, ctx)
+    bundle_response(json, ctx)
 }
 
 fn history_entry(s: Stored, base: &str) -> EntryOut {

@@ -16,8 +16,8 @@ pub async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
     state
         .reply(&req, Interaction::Capabilities, |ctx| async {
             let ctx = ctx;
-            let json = capability_statement(&ctx.base).to_string();
-            bundle_response(&json, &ctx)
+            let json = capability_statement(ctx.base()).to_string();
+            bundle_response(json, &ctx)
         })
         .await
 }
@@ -44,7 +44,7 @@ pub async fn transaction(
                 ));
             }
             let opts = BundleOptions {
-                base: ctx.base.clone(),
+                base: ctx.base().to_string(),
                 representation: ctx.prefer == Some(Return::Representation),
             };
             let reparse = || {
@@ -55,7 +55,7 @@ pub async fn transaction(
             let json = bundle::process(&state.fhir, value, reparse, &opts)
                 .await
                 .map_err(|e| ctx.error(e))?;
-            bundle_response(&json, &ctx)
+            bundle_response(json, &ctx)
         })
         .await
 }

@@ -135,16 +135,16 @@ pub fn to_stored_json(value: Value, location: &str) -> Result<String, Issue> {
 }
 
 /// Renders stored FHIR JSON in the requested format.
-pub fn render(json: &str, format: Format, pretty: bool) -> Result<Vec<u8>, Issue> {
+pub fn render(json: String, format: Format, pretty: bool) -> Result<Vec<u8>, Issue> {
     match (format, pretty) {
-        (Format::Json, false) => Ok(json.as_bytes().to_vec()),
+        (Format::Json, false) => Ok(json.into_bytes()),
         (Format::Json, true) => {
-            let v: Value = serde_json::from_str(json).map_err(|e| {
+            let v: Value = serde_json::from_str(&json).map_err(|e| {
                 Issue::error("exception", format!("stored JSON is unreadable: {e}"))
             })?;
             serde_json::to_vec_pretty(&v).map_err(|e| Issue::error("exception", e.to_string()))
         }
-        (Format::Xml, _) => to_xml(json),
+        (Format::Xml, _) => to_xml(&json),
     }
 }
 

@@ -133,6 +133,11 @@ macro_rules! batch_insert_tokens {
 }
 
 /// Database work on one connection. Write sessions carry the transaction's change number.
+///
+/// Queries say `is_current` and `NOT deleted` as literal conditions, never as bound values: the
+/// planners use the partial index `resource_current` only when they can see the condition (a
+/// bound `is_current = ?` makes SQLite re-prepare the statement on every run and PostgreSQL's
+/// generic plans skip the index).
 pub struct Session<'c> {
     db: &'c mut Db,
     backend: Backend,
@@ -165,7 +170,7 @@ impl<'c> Session<'c> {
         Ok(rv::table
             .filter(rv::res_type.eq(ty))
             .filter(rv::res_id.eq(id))
-            .filter(rv::is_current.eq(true))
+            .filter(rv::is_current)
             .select(VersionRow::as_select())
             .first(self.db)
             .optional()?)
@@ -176,7 +181,7 @@ impl<'c> Session<'c> {
         Ok(rv::table
             .filter(rv::res_type.eq(ty))
             .filter(rv::res_id.eq(id))
-            .filter(rv::is_current.eq(true))
+            .filter(rv::is_current)
             .select(CurrentVersion::as_select())
             .first(self.db)
             .optional()?)
@@ -199,7 +204,7 @@ impl<'c> Session<'c> {
         let n = diesel::update(
             rv::table
                 .filter(rv::pk.eq(pk))
-                .filter(rv::is_current.eq(true)),
+                .filter(rv::is_current),
         )
         .set(rv::is_current.eq(false))
         .execute(self.db)?;
@@ -254,8 +259,8 @@ impl<'c> Session<'c> {
             .filter(ix_token::res_type.eq(ty))
             .filter(ix_token::param.eq(param))
             .filter(ix_token::code.eq(code))
-            .filter(rv::is_current.eq(true))
-            .filter(rv::deleted.eq(false))
+            .filter(rv::is_current)
+            .filter(diesel::dsl::not(rv::deleted))
             .select(rv::res_id)
             .distinct()
             .limit(limit)
@@ -271,8 +276,8 @@ impl<'c> Session<'c> {
         Ok(rv::table
             .filter(rv::res_type.eq(ty))
             .filter(rv::res_id.eq_any(ids))
-            .filter(rv::is_current.eq(true))
-            .filter(rv::deleted.eq(false))
+            .filter(rv::is_current)
+            .filter(diesel::dsl::not(rv::deleted))
             .select(rv::res_id)
             .load(self.db)?)
     }
