@@ -27,7 +27,14 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { db: "sqlite".into(), seconds: 10, clients: 32, ingest_clients: 4, bundles: 60, phases: "create,read,update,ingest".into() };
+    let mut a = Args {
+        db: "sqlite".into(),
+        seconds: 10,
+        clients: 32,
+        ingest_clients: 4,
+        bundles: 60,
+        phases: "create,read,update,ingest".into(),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut v = || it.next().unwrap_or_default();
@@ -54,14 +61,26 @@ impl Conn {
     async fn open(addr: &str) -> Conn {
         let stream = TcpStream::connect(addr).await.expect("connect");
         stream.set_nodelay(true).ok();
-        Conn { stream, buf: Vec::with_capacity(16 * 1024) }
+        Conn {
+            stream,
+            buf: Vec::with_capacity(16 * 1024),
+        }
     }
 
     async fn call(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, Vec<u8>) {
         let mut req = Vec::with_capacity(256 + body.map_or(0, <[u8]>::len));
-        write!(req, "{method} {path} HTTP/1.1\r\nHost: bench\r\nAccept: application/fhir+json\r\n").unwrap();
+        write!(
+            req,
+            "{method} {path} HTTP/1.1\r\nHost: bench\r\nAccept: application/fhir+json\r\n"
+        )
+        .unwrap();
         if let Some(b) = body {
-            write!(req, "Content-Type: application/fhir+json\r\nContent-Length: {}\r\n", b.len()).unwrap();
+            write!(
+                req,
+                "Content-Type: application/fhir+json\r\nContent-Length: {}\r\n",
+                b.len()
+            )
+            .unwrap();
         }
         req.extend_from_slice(b"\r\n");
         if let Some(b) = body {
@@ -180,7 +199,13 @@ where
         all.extend(l);
         errors += e;
     }
-    Stats { label: label.into(), n: all.len(), errors, elapsed: start.elapsed(), lat_us: all }
+    Stats {
+        label: label.into(),
+        n: all.len(),
+        errors,
+        elapsed: start.elapsed(),
+        lat_us: all,
+    }
 }
 
 /// A patient's record as a transaction: the patient, encounters, observations, conditions and
@@ -188,7 +213,9 @@ where
 fn patient_bundle(n: u64, rng: &mut Rng) -> (Value, usize) {
     let size = 100 + rng.below(201);
     let pid = format!("urn:uuid:{}", uuid::Uuid::new_v4());
-    let mut entries = vec![json!({"fullUrl": pid, "resource": patient(n), "request": {"method": "POST", "url": "Patient"}})];
+    let mut entries = vec![
+        json!({"fullUrl": pid, "resource": patient(n), "request": {"method": "POST", "url": "Patient"}}),
+    ];
     let mut enc = pid.clone();
     while entries.len() < size {
         let i = entries.len();
@@ -201,9 +228,11 @@ fn patient_bundle(n: u64, rng: &mut Rng) -> (Value, usize) {
                        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
                        "subject": {"reference": pid}, "period": {"start": format!("{day}T08:00:00+07:00"), "end": format!("{day}T08:30:00+07:00")}})
             }
-            1 => json!({"resourceType": "Condition", "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+            1 => {
+                json!({"resourceType": "Condition", "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
                         "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10", "code": "I10", "display": "Tăng huyết áp vô căn"}]},
-                        "subject": {"reference": pid}, "encounter": {"reference": enc}, "recordedDate": day}),
+                        "subject": {"reference": pid}, "encounter": {"reference": enc}, "recordedDate": day})
+            }
             2 => json!({"resourceType": "MedicationRequest", "status": "active", "intent": "order",
                         "medicationCodeableConcept": {"text": "Amlodipin 5mg"}, "subject": {"reference": pid}, "encounter": {"reference": enc},
                         "authoredOn": day, "dosageInstruction": [{"text": "1 viên/ngày, uống buổi sáng"}]}),
@@ -216,19 +245,31 @@ fn patient_bundle(n: u64, rng: &mut Rng) -> (Value, usize) {
         let ty = resource["resourceType"].as_str().unwrap().to_string();
         entries.push(json!({"fullUrl": full, "resource": resource, "request": {"method": "POST", "url": ty}}));
     }
-    (json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}), size)
+    (
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
+        size,
+    )
 }
 
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
 /// The baseline: the same rows (one per resource, as the server stores it), one transaction per
 /// bundle, one plain INSERT per row, straight into the database with no server in between.
-fn raw_inserts(url: &str, bundles: &[Vec<(String, String, String)>], threads: usize, postgres: bool) -> (usize, Duration) {
+fn raw_inserts(
+    url: &str,
+    bundles: &[Vec<(String, String, String)>],
+    threads: usize,
+    postgres: bool,
+) -> (usize, Duration) {
     let ddl = if postgres {
         "CREATE TABLE raw_ingest (pk BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, res_type TEXT NOT NULL, res_id TEXT NOT NULL, body TEXT NOT NULL)"
     } else {
@@ -240,7 +281,9 @@ fn raw_inserts(url: &str, bundles: &[Vec<(String, String, String)>], threads: us
         "INSERT INTO raw_ingest (res_type, res_id, body) VALUES (?, ?, ?)"
     };
     let mut c = yba::store::Db::establish(url).expect("baseline connects");
-    diesel::sql_query(ddl).execute(&mut c).expect("baseline table");
+    diesel::sql_query(ddl)
+        .execute(&mut c)
+        .expect("baseline table");
     let rows: usize = bundles.iter().map(Vec::len).sum();
     let start = Instant::now();
     std::thread::scope(|s| {
@@ -248,9 +291,15 @@ fn raw_inserts(url: &str, bundles: &[Vec<(String, String, String)>], threads: us
             s.spawn(move || {
                 let mut c = yba::store::Db::establish(url).expect("baseline connects");
                 if !postgres {
-                    diesel::sql_query("PRAGMA journal_mode = WAL").execute(&mut c).ok();
-                    diesel::sql_query("PRAGMA busy_timeout = 10000").execute(&mut c).ok();
-                    diesel::sql_query("PRAGMA synchronous = FULL").execute(&mut c).ok();
+                    diesel::sql_query("PRAGMA journal_mode = WAL")
+                        .execute(&mut c)
+                        .ok();
+                    diesel::sql_query("PRAGMA busy_timeout = 10000")
+                        .execute(&mut c)
+                        .ok();
+                    diesel::sql_query("PRAGMA synchronous = FULL")
+                        .execute(&mut c)
+                        .ok();
                 }
                 for b in bundles.iter().skip(t).step_by(threads) {
                     c.transaction::<_, diesel::result::Error, _>(|c| {
@@ -275,13 +324,21 @@ fn main() {
     let a = args();
     let postgres = a.db.starts_with("postgres");
     let dir = tempfile::tempdir().unwrap();
-    let pg = std::env::var("YBA_BENCH_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let pg = std::env::var("YBA_BENCH_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
     let (server_url, raw_url) = if postgres {
         let mut c = diesel::PgConnection::establish(&pg).expect("PostgreSQL reachable");
-        diesel::sql_query(format!("CREATE SCHEMA {schema}")).execute(&mut c).unwrap();
-        diesel::sql_query(format!("CREATE SCHEMA {schema}_raw")).execute(&mut c).unwrap();
-        (format!("{pg}?options=-csearch_path%3D{schema}"), format!("{pg}?options=-csearch_path%3D{schema}_raw"))
+        diesel::sql_query(format!("CREATE SCHEMA {schema}"))
+            .execute(&mut c)
+            .unwrap();
+        diesel::sql_query(format!("CREATE SCHEMA {schema}_raw"))
+            .execute(&mut c)
+            .unwrap();
+        (
+            format!("{pg}?options=-csearch_path%3D{schema}"),
+            format!("{pg}?options=-csearch_path%3D{schema}_raw"),
+        )
     } else {
         (
             format!("sqlite://{}", dir.path().join("yba.db").display()),
@@ -289,7 +346,11 @@ fn main() {
         )
     };
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let mut server = std::process::Command::new(env!("CARGO_BIN_EXE_yba"))
         .arg("serve")
@@ -298,7 +359,10 @@ fn main() {
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("yba starts");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {
         for _ in 0..200 {

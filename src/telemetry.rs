@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Sets up logging: `RUST_LOG` filters (default `info`), `YBA_LOG_FORMAT=json` for JSON lines.
@@ -39,18 +40,31 @@ impl Metrics {
     pub fn new(interactions: &[&str]) -> Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("yba_http_requests_total", "HTTP requests by interaction and status class"),
+            Opts::new(
+                "yba_http_requests_total",
+                "HTTP requests by interaction and status class",
+            ),
             &["interaction", "status"],
         )
         .expect("valid metric");
         let latency = HistogramVec::new(
-            HistogramOpts::new("yba_http_request_duration_seconds", "HTTP request latency by interaction")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            HistogramOpts::new(
+                "yba_http_request_duration_seconds",
+                "HTTP request latency by interaction",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
             &["interaction"],
         )
         .expect("valid metric");
-        registry.register(Box::new(requests.clone())).expect("unique metric");
-        registry.register(Box::new(latency.clone())).expect("unique metric");
+        registry
+            .register(Box::new(requests.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(latency.clone()))
+            .expect("unique metric");
         let by_interaction = interactions
             .iter()
             .map(|i| {
@@ -58,7 +72,10 @@ impl Metrics {
                 (counters, latency.with_label_values(&[*i]))
             })
             .collect();
-        Metrics { registry, by_interaction }
+        Metrics {
+            registry,
+            by_interaction,
+        }
     }
 
     pub fn observe(&self, interaction: usize, status: u16, elapsed: Duration) {

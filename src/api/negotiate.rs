@@ -69,7 +69,8 @@ impl Ctx {
     /// The FHIR base URL: configured, or this request's scheme and host (worked out only when a
     /// response needs it: reads do not).
     pub fn base(&self) -> &str {
-        self.base.get_or_init(|| base(&self.req, self.configured_base.as_deref()))
+        self.base
+            .get_or_init(|| base(&self.req, self.configured_base.as_deref()))
     }
 
     pub fn error(&self, e: crate::error::Error) -> ApiError {

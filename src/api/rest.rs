@@ -114,7 +114,13 @@ fn http_date(ms: i64) -> HttpDate {
 }
 
 /// A response carrying a stored version, shaped by `Prefer: return=`.
-fn resource_response(status: StatusCode, s: Stored, ctx: &Ctx, location: bool, what: &str) -> Reply {
+fn resource_response(
+    status: StatusCode,
+    s: Stored,
+    ctx: &Ctx,
+    location: bool,
+    what: &str,
+) -> Reply {
     let mut b = HttpResponse::build(status);
     b.insert_header((header::ETAG, format!("W/\"{}\"", s.version)))
         .insert_header((header::LAST_MODIFIED, http_date(s.last_updated)));

@@ -108,9 +108,16 @@ where
                 };
                 let opts = opts.clone();
                 async move {
-                    let entries = entries?;
+                    let mut entries: Vec<Entry> = entries?;
+                    let now = now_millis();
+                    // Plain transactions (the usual ingest) are planned here, off the writer.
+                    let planned = if plannable_offline(&mut entries) {
+                        plan(&mut entries, &mut Lookup::Offline, &opts, now)?
+                    } else {
+                        None
+                    };
                     fhir.store()
-                        .write(move |s| run_transaction(s, entries, &opts))
+                        .write(move |s| run_transaction(s, entries, planned, &opts, now))
                         .await
                 }
             })
@@ -310,30 +317,62 @@ fn check_unique(entries: &[Entry]) -> Result<()> {
     Ok(())
 }
 
-fn run_transaction(
-    s: &mut Session<'_>,
-    mut entries: Vec<Entry>,
-    opts: &BundleOptions,
-) -> Result<Vec<EntryOut>> {
-    let now = now_millis();
-    let n = entries.len();
-    let mut out: Vec<Option<EntryOut>> = (0..n).map(|_| None).collect();
-    let mut ids: HashMap<String, String> = HashMap::new();
+/// Where a transaction's plan looks up what it needs: nowhere yet (before the database
+/// transaction, so the CPU work of rewriting and serialising runs outside the writer), or the
+/// database (inside it, for conditional creates, updates and references).
+enum Lookup<'a, 'c> {
+    Offline,
+    Db(&'a mut Session<'c>),
+}
 
-    // 1. DELETE.
-    for e in entries.iter().filter(|e| e.verb == Verb::Delete) {
-        let r = delete_entry(s, e, now).map_err(|err| entry_error(e.index, err))?;
-        out[e.index] = Some(r);
+impl Lookup<'_, '_> {
+    /// Runs a query, or None when offline (the plan then waits for the database).
+    fn need<T>(&mut self, f: impl FnOnce(&mut Session<'_>) -> Result<T>) -> Result<Option<T>> {
+        match self {
+            Lookup::Offline => Ok(None),
+            Lookup::Db(s) => f(s).map(Some),
+        }
     }
+}
 
-    // 2. Ids for POST and PUT, so that links between entries can be rewritten.
+/// A new resource of a transaction, ready to insert.
+struct NewResource {
+    index: usize,
+    ty: &'static str,
+    id: String,
+    body: String,
+    tokens: Vec<crate::store::TokenRow>,
+}
+
+/// What a transaction writes, worked out before the writes: the id of every POST and PUT entry,
+/// links rewritten, new resources serialised, and the answers of conditional creates that
+/// matched an existing resource.
+struct Plan {
+    out: Vec<Option<EntryOut>>,
+    put_ids: HashMap<usize, String>,
+    creates: Vec<NewResource>,
+}
+
+/// Plans a transaction; None when it needs the database and `look` is offline.
+fn plan(
+    entries: &mut [Entry],
+    look: &mut Lookup<'_, '_>,
+    opts: &BundleOptions,
+    now: i64,
+) -> Result<Option<Plan>> {
+    let mut out: Vec<Option<EntryOut>> = (0..entries.len()).map(|_| None).collect();
+    let mut ids: HashMap<String, String> = HashMap::new();
     let mut creates: Vec<(usize, String)> = Vec::new();
     for e in entries.iter_mut().filter(|e| e.verb == Verb::Post) {
         let ty = e.target.ty();
         if let Some(c) = &e.if_none_exist {
-            if let Some(existing) =
-                conditional_match(s, ty, c).map_err(|err| entry_error(e.index, err))?
-            {
+            let Some(found) = look
+                .need(|s| conditional_match(s, ty, c))
+                .map_err(|err| entry_error(e.index, err))?
+            else {
+                return Ok(None);
+            };
+            if let Some(existing) = found {
                 map_full_url(&mut ids, e.full_url.as_deref(), ty, &existing.id);
                 out[e.index] = Some(written_entry(
                     &Written {
@@ -361,9 +400,12 @@ fn run_transaction(
             Target::Instance(_, id) => id.clone(),
             Target::Query(_, q) => {
                 let c = Condition::parse(q).map_err(|err| entry_error(e.index, err))?;
-                let found = c
-                    .matches(s, ty, 2)
-                    .map_err(|err| entry_error(e.index, err))?;
+                let Some(found) = look
+                    .need(|s| c.matches(s, ty, 2))
+                    .map_err(|err| entry_error(e.index, err))?
+                else {
+                    return Ok(None);
+                };
                 match found.as_slice() {
                     [] if e.verb == Verb::Put => e
                         .resource
@@ -391,59 +433,128 @@ fn run_transaction(
         map_full_url(&mut ids, e.full_url.as_deref(), ty, &id);
         put_ids.insert(e.index, id);
     }
-
-    // 3. Rewrite links in every resource to be written.
     for e in entries
         .iter_mut()
         .filter(|e| matches!(e.verb, Verb::Post | Verb::Put))
     {
         if let Some(r) = e.resource.as_mut() {
-            rewrite_links(s, r, &ids).map_err(|err| entry_error(e.index, err))?;
+            if !rewrite_links(look, r, &ids).map_err(|err| entry_error(e.index, err))? {
+                return Ok(None);
+            }
         }
     }
-
-    // 4. POST: one multi-row insert for all creates.
     let mut prepared = Vec::with_capacity(creates.len());
-    for (index, id) in &creates {
-        let e = &mut entries[*index];
+    for (index, id) in creates {
+        let e = &mut entries[index];
         let ty = e.target.ty();
         let value = e.resource.take().unwrap_or(Value::Null);
-        let (body, tokens) = prepare(value, ty, id, 1, now, &at(*index, ".resource"))
-            .map_err(|err| entry_error(*index, err))?;
-        prepared.push((*index, ty, id.clone(), body, tokens));
+        let (body, tokens) = prepare(value, ty, &id, 1, now, &at(index, ".resource"))
+            .map_err(|err| entry_error(index, err))?;
+        prepared.push(NewResource {
+            index,
+            ty,
+            id,
+            body,
+            tokens,
+        });
     }
+    Ok(Some(Plan {
+        out,
+        put_ids,
+        creates: prepared,
+    }))
+}
+
+/// Whether a transaction can be planned before the database: no conditional interactions and
+/// no conditional references. (Checked up front: a plan abandoned half-way would leave links
+/// rewritten to ids that the second plan does not use.)
+fn plannable_offline(entries: &mut [Entry]) -> bool {
+    entries.iter_mut().all(|e| {
+        if matches!(e.verb, Verb::Get | Verb::Head) {
+            return true;
+        }
+        if e.if_none_exist.is_some() || matches!(e.target, Target::Query(..)) {
+            return false;
+        }
+        let mut conditional = false;
+        if let Some(r) = e.resource.as_mut() {
+            for_each_link(r, &mut |kind, link| {
+                conditional |= kind == LinkKind::Reference && is_conditional_reference(link);
+            });
+        }
+        !conditional
+    })
+}
+
+fn run_transaction(
+    s: &mut Session<'_>,
+    mut entries: Vec<Entry>,
+    planned: Option<Plan>,
+    opts: &BundleOptions,
+    now: i64,
+) -> Result<Vec<EntryOut>> {
+    // 1. DELETE.
+    let mut deleted = Vec::new();
+    for e in entries.iter().filter(|e| e.verb == Verb::Delete) {
+        deleted.push((
+            e.index,
+            delete_entry(s, e, now).map_err(|err| entry_error(e.index, err))?,
+        ));
+    }
+    // 2. Ids, links and new resources, seeing the deletes.
+    let plan = match planned {
+        Some(p) => p,
+        None => match plan(&mut entries, &mut Lookup::Db(s), opts, now)? {
+            Some(p) => p,
+            None => {
+                return Err(Error::invalid(
+                    "exception",
+                    "the transaction could not be planned",
+                ));
+            }
+        },
+    };
+    let Plan {
+        mut out,
+        put_ids,
+        creates,
+    } = plan;
+    for (index, r) in deleted {
+        out[index] = Some(r);
+    }
+    // 3. POST: one multi-row insert for all creates.
     let txid = s.txid();
-    let rows: Vec<_> = prepared
+    let rows: Vec<_> = creates
         .iter()
-        .map(|(_, ty, id, body, tokens)| {
+        .map(|c| {
             let v = NewVersion {
-                res_type: ty,
-                res_id: id,
+                res_type: c.ty,
+                res_id: &c.id,
                 version: 1,
                 is_current: true,
                 deleted: false,
                 method: Method::Create as i16,
                 txid,
                 last_updated: now,
-                body,
+                body: &c.body,
             };
-            (v, tokens.clone())
+            (v, c.tokens.clone())
         })
         .collect();
     s.insert(&rows)?;
     drop(rows);
-    for (index, ty, id, body, _) in prepared {
+    for c in creates {
         let stored = Stored {
             pk: 0,
-            ty: ty.to_string(),
-            id,
+            ty: c.ty.to_string(),
+            id: c.id,
             version: 1,
             last_updated: now,
             deleted: false,
             method: Method::Create,
-            body,
+            body: c.body,
         };
-        out[index] = Some(written_entry(
+        out[c.index] = Some(written_entry(
             &Written {
                 stored,
                 created: true,
@@ -643,12 +754,12 @@ fn map_full_url(ids: &mut HashMap<String, String>, full_url: Option<&str>, ty: &
 }
 
 /// Rewrites links to other entries, and resolves conditional references (`Patient?identifier=..`).
+/// Returns false when a conditional reference needs the database and `look` is offline.
 fn rewrite_links(
-    s: &mut Session<'_>,
+    look: &mut Lookup<'_, '_>,
     resource: &mut Value,
     ids: &HashMap<String, String>,
-) -> Result<()> {
-    let mut failure: Option<Error> = None;
+) -> Result<bool> {
     let mut conditional: Vec<String> = Vec::new();
     for_each_link(resource, &mut |kind, link| match kind {
         LinkKind::Reference | LinkKind::Uri => {
@@ -669,7 +780,7 @@ fn rewrite_links(
         }
     });
     if conditional.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
     let mut resolved: HashMap<String, String> = HashMap::new();
     for link in conditional {
@@ -677,25 +788,25 @@ fn rewrite_links(
         let ty = R4.resource_type(ty_name).ok_or_else(|| {
             Error::invalid("invalid", format!("'{ty_name}' is not a resource type"))
         })?;
-        let found = Condition::parse(q)?.matches(s, ty, 2)?;
+        let condition = Condition::parse(q)?;
+        let Some(found) = look.need(|s| condition.matches(s, ty, 2))? else {
+            return Ok(false);
+        };
         match found.as_slice() {
             [one] => {
                 resolved.insert(link.clone(), format!("{ty}/{one}"));
             }
             [] => {
-                failure = Some(Error::PreconditionFailed(format!(
+                return Err(Error::PreconditionFailed(format!(
                     "the conditional reference '{link}' matches nothing"
-                )))
+                )));
             }
             _ => {
-                failure = Some(Error::PreconditionFailed(format!(
+                return Err(Error::PreconditionFailed(format!(
                     "the conditional reference '{link}' matches more than one {ty}"
-                )))
+                )));
             }
         }
-    }
-    if let Some(f) = failure {
-        return Err(f);
     }
     for_each_link(resource, &mut |kind, link| {
         if kind == LinkKind::Reference {
@@ -704,7 +815,7 @@ fn rewrite_links(
             }
         }
     });
-    Ok(())
+    Ok(true)
 }
 
 fn is_conditional_reference(link: &str) -> bool {

@@ -8,8 +8,11 @@
 
 mod schema;
 mod session;
+mod writer;
 
-use std::sync::{Arc, Mutex};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
@@ -100,12 +103,29 @@ pub struct StoreConfig {
     pub sqlite_synchronous: String,
 }
 
-/// The record store: a pool of connections and, on SQLite, the one writer.
+/// The record store: a pool of connections and, on SQLite, the one writer thread.
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
     pool: Pool<ConnectionManager<Db>>,
-    writer: Option<Arc<Mutex<Db>>>,
+    /// SQLite: the queue of the writer thread (group commit, see `writer`).
+    writer: Option<std::sync::mpsc::Sender<writer::Job>>,
+    /// SQLite: what a thread needs to open its own reader connection.
+    sqlite: Option<std::sync::Arc<SqliteReader>>,
+}
+
+/// Opens per-thread SQLite reader connections (one per HTTP worker thread, see `read_point`).
+struct SqliteReader {
+    id: u64,
+    url: String,
+    synchronous: String,
+}
+
+static STORE_IDS: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's SQLite reader connection of each open store, by store id.
+    static READERS: RefCell<HashMap<u64, Db>> = RefCell::new(HashMap::new());
 }
 
 #[derive(Debug)]
@@ -123,7 +143,8 @@ fn sqlite_pragmas(conn: &mut Db, synchronous: &str) -> diesel::QueryResult<()> {
     // WAL lets readers run beside the writer; busy_timeout waits for a lock instead of failing.
     conn.batch_execute(&format!(
         "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
-         PRAGMA synchronous = {synchronous}; PRAGMA cache_size = -32000; PRAGMA temp_store = MEMORY;"
+         PRAGMA synchronous = {synchronous}; PRAGMA cache_size = -8000; PRAGMA temp_store = MEMORY; \
+         PRAGMA mmap_size = 268435456;"
     ))
 }
 
@@ -156,12 +177,20 @@ impl Store {
                 let pool = Pool::builder()
                     .max_size(config.pool_size.max(1))
                     .min_idle(Some(1))
-                    .connection_customizer(Box::new(SqlitePragmas { synchronous }))
-                    .build(ConnectionManager::new(url))?;
+                    .connection_customizer(Box::new(SqlitePragmas {
+                        synchronous: synchronous.clone(),
+                    }))
+                    .build(ConnectionManager::new(url.clone()))?;
+                let reader = SqliteReader {
+                    id: STORE_IDS.fetch_add(1, Ordering::Relaxed),
+                    url,
+                    synchronous,
+                };
                 Store {
                     backend,
                     pool,
-                    writer: Some(Arc::new(Mutex::new(writer))),
+                    writer: Some(writer::spawn(writer)),
+                    sqlite: Some(std::sync::Arc::new(reader)),
                 }
             }
             Backend::Postgres => {
@@ -177,6 +206,7 @@ impl Store {
                     backend,
                     pool,
                     writer: None,
+                    sqlite: None,
                 }
             }
         };
@@ -203,8 +233,37 @@ impl Store {
         .await
     }
 
+    /// Runs a point read (a few rows by key) where it is cheapest: on SQLite inline, on this
+    /// thread's own reader connection (microseconds; a hop to another thread would cost more
+    /// than the query); on PostgreSQL like `read`.
+    pub async fn read_point<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Session<'_>) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        match &self.sqlite {
+            Some(reader) => READERS.with(|readers| {
+                let mut readers = readers.borrow_mut();
+                let conn = match readers.entry(reader.id) {
+                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        let mut db = Db::establish(&reader.url).map_err(|e| {
+                            StoreError::Unavailable(format!("cannot open SQLite: {e}"))
+                        })?;
+                        sqlite_pragmas(&mut db, &reader.synchronous).map_err(StoreError::from)?;
+                        v.insert(db)
+                    }
+                };
+                f(&mut Session::new(conn, Backend::Sqlite, 0))
+            }),
+            None => self.read(f).await,
+        }
+    }
+
     /// Runs `f` in one database transaction: committed if it returns `Ok`, rolled back otherwise.
     /// A [`StoreError::Conflict`] means a concurrent write won; the caller decides whether to retry.
+    /// On SQLite, writes queue for the writer thread, which commits them in groups.
     pub async fn write<T, E, F>(&self, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut Session<'_>) -> Result<T, E> + Send + 'static,
@@ -213,15 +272,33 @@ impl Store {
     {
         let backend = self.backend;
         match &self.writer {
-            Some(writer) => {
-                let writer = writer.clone();
-                blocking(move || {
-                    // A panic while holding the lock cannot leave a transaction open: the
-                    // transaction is rolled back below before the guard is released.
-                    let mut guard = writer.lock().unwrap_or_else(|p| p.into_inner());
-                    sqlite_write(&mut guard, f)
-                })
-                .await
+            Some(queue) => {
+                let (tx, rx) = tokio::sync::oneshot::channel::<Result<T, E>>();
+                let job: writer::Job = Box::new(move |s: &mut Session<'_>| {
+                    let result = f(s);
+                    writer::Done {
+                        ok: result.is_ok(),
+                        notify: Box::new(move |commit_error| {
+                            let result = match (result, commit_error) {
+                                (Ok(_), Some(e)) => Err(E::from(e)),
+                                (r, _) => r,
+                            };
+                            let _ = tx.send(result);
+                        }),
+                    }
+                });
+                if queue.send(job).is_err() {
+                    return Err(
+                        StoreError::Unavailable("the SQLite writer has stopped".into()).into(),
+                    );
+                }
+                match rx.await {
+                    Ok(r) => r,
+                    Err(_) => Err(StoreError::Unavailable(
+                        "the write failed in the SQLite writer".into(),
+                    )
+                    .into()),
+                }
             }
             None => {
                 let pool = self.pool.clone();
@@ -237,45 +314,6 @@ impl Store {
     /// Whether the database answers (for `/readyz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.read(|s| s.ping()).await
-    }
-}
-
-fn sqlite_write<T, E, F>(db: &mut Db, f: F) -> Result<T, E>
-where
-    F: FnOnce(&mut Session<'_>) -> Result<T, E>,
-    E: From<StoreError>,
-{
-    use diesel::connection::{AnsiTransactionManager, TransactionManager};
-    // BEGIN IMMEDIATE takes the write lock at once, so a transaction never fails half-way on
-    // upgrading a read lock when another process (`yba migrate`, an import) writes to the same
-    // file. It goes through diesel's transaction manager so that nested work sees the transaction.
-    let Db::Sqlite(conn) = db else {
-        return Err(StoreError::Unavailable(
-            "the SQLite writer holds a PostgreSQL connection".into(),
-        )
-        .into());
-    };
-    AnsiTransactionManager::begin_transaction_sql(conn, "BEGIN IMMEDIATE")
-        .map_err(StoreError::from)?;
-    let result = (|| {
-        let txid = session::next_sqlite_txid(db)?;
-        f(&mut Session::new(db, Backend::Sqlite, txid))
-    })();
-    let Db::Sqlite(conn) = db else {
-        unreachable!("checked above")
-    };
-    match result {
-        Ok(v) => match AnsiTransactionManager::commit_transaction(conn) {
-            Ok(()) => Ok(v),
-            Err(e) => {
-                let _ = AnsiTransactionManager::rollback_transaction(conn);
-                Err(StoreError::from(e).into())
-            }
-        },
-        Err(e) => {
-            let _ = AnsiTransactionManager::rollback_transaction(conn);
-            Err(e)
-        }
     }
 }
 

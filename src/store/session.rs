@@ -134,10 +134,9 @@ macro_rules! batch_insert_tokens {
 
 /// Database work on one connection. Write sessions carry the transaction's change number.
 ///
-/// Queries say `is_current` and `NOT deleted` as literal conditions, never as bound values: the
-/// planners use the partial index `resource_current` only when they can see the condition (a
-/// bound `is_current = ?` makes SQLite re-prepare the statement on every run and PostgreSQL's
-/// generic plans skip the index).
+/// Queries say `is_current` and `NOT deleted` as literal conditions, never as bound values: a
+/// bound value that a planner would want to see makes SQLite re-prepare the statement on every
+/// run, and PostgreSQL's generic plans cannot use it.
 pub struct Session<'c> {
     db: &'c mut Db,
     backend: Backend,
@@ -165,12 +164,13 @@ impl<'c> Session<'c> {
         Ok(())
     }
 
-    /// The current version of a resource (a tombstone if it was deleted).
+    /// The current version of a resource (a tombstone if it was deleted): its highest version,
+    /// found by one descent of the version key.
     pub fn current(&mut self, ty: &str, id: &str) -> Result<Option<VersionRow>> {
         Ok(rv::table
             .filter(rv::res_type.eq(ty))
             .filter(rv::res_id.eq(id))
-            .filter(rv::is_current)
+            .order(rv::version.desc())
             .select(VersionRow::as_select())
             .first(self.db)
             .optional()?)
@@ -181,7 +181,7 @@ impl<'c> Session<'c> {
         Ok(rv::table
             .filter(rv::res_type.eq(ty))
             .filter(rv::res_id.eq(id))
-            .filter(rv::is_current)
+            .order(rv::version.desc())
             .select(CurrentVersion::as_select())
             .first(self.db)
             .optional()?)
@@ -201,13 +201,9 @@ impl<'c> Session<'c> {
     /// Ends a version's time as the current one and drops its index rows. Fails with
     /// `Conflict` when another transaction retired it first (optimistic locking).
     pub fn retire(&mut self, pk: i64) -> Result<()> {
-        let n = diesel::update(
-            rv::table
-                .filter(rv::pk.eq(pk))
-                .filter(rv::is_current),
-        )
-        .set(rv::is_current.eq(false))
-        .execute(self.db)?;
+        let n = diesel::update(rv::table.filter(rv::pk.eq(pk)).filter(rv::is_current))
+            .set(rv::is_current.eq(false))
+            .execute(self.db)?;
         if n != 1 {
             return Err(StoreError::Conflict);
         }

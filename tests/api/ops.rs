@@ -49,7 +49,10 @@ async fn sigterm_lets_in_flight_requests_finish() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_yba"))
         .arg("serve")
-        .env("DATABASE_URL", format!("sqlite://{}", dir.path().join("yba.db").display()))
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("yba.db").display()),
+        )
         .env("YBA_BIND", "127.0.0.1:0")
         .env("YBA_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
@@ -83,13 +86,22 @@ async fn sigterm_lets_in_flight_requests_finish() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
 
     let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     conn.write_all(rest).await.unwrap();
     let mut response = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        let n = tokio::time::timeout(std::time::Duration::from_secs(10), conn.read(&mut buf)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), conn.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         if n == 0 {
             break;
         }
@@ -101,6 +113,9 @@ async fn sigterm_lets_in_flight_requests_finish() {
     let text = String::from_utf8_lossy(&response);
     assert!(text.starts_with("HTTP/1.1 201"), "{text}");
     drop(conn);
-    let status = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait()).await.expect("exits after SIGTERM").unwrap();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
     assert!(status.success(), "{status:?}");
 }

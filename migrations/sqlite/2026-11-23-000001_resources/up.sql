@@ -1,5 +1,6 @@
--- Every version of every resource. The current version of a resource has is_current = true;
--- a delete adds a tombstone version (deleted = true, empty body) that is current.
+-- Every version of every resource. The current version of a resource is its highest version
+-- (is_current marks it too, for scans); a delete adds a tombstone version (deleted = true, empty
+-- body) that is current.
 CREATE TABLE resource_version (
     pk           INTEGER PRIMARY KEY,
     res_type     TEXT    NOT NULL,
@@ -16,8 +17,8 @@ CREATE TABLE resource_version (
     -- The exact FHIR JSON a read returns.
     body         TEXT    NOT NULL
 );
+-- Serves read (the highest version), vread and instance history, and keeps versions unique.
 CREATE UNIQUE INDEX resource_version_key ON resource_version (res_type, res_id, version);
-CREATE UNIQUE INDEX resource_current ON resource_version (res_type, res_id) WHERE is_current;
 CREATE INDEX resource_version_updated ON resource_version (last_updated);
 CREATE INDEX resource_version_type_updated ON resource_version (res_type, last_updated);
 CREATE INDEX resource_version_txid ON resource_version (txid);
