@@ -77,7 +77,7 @@ impl Fhir {
     pub async fn read(&self, ty: &'static str, id: String) -> Result<Stored> {
         let row = self
             .store
-            .read(move |s| Ok::<_, Error>(s.current(ty, &id)?))
+            .read_point(move |s| Ok::<_, Error>(s.current(ty, &id)?))
             .await?;
         match row {
             Some(r) if r.deleted => Err(Error::Gone(format!("{ty}/{} was deleted", r.res_id))),
@@ -90,7 +90,7 @@ impl Fhir {
     pub async fn vread(&self, ty: &'static str, id: String, version: i64) -> Result<Stored> {
         let row = self
             .store
-            .read(move |s| Ok::<_, Error>(s.version(ty, &id, version)?))
+            .read_point(move |s| Ok::<_, Error>(s.version(ty, &id, version)?))
             .await?;
         match row {
             Some(r) if r.deleted => Err(Error::Gone(format!(

@@ -167,35 +167,38 @@ impl<'c> Session<'c> {
     /// The current version of a resource (a tombstone if it was deleted): its highest version,
     /// found by one descent of the version key.
     pub fn current(&mut self, ty: &str, id: &str) -> Result<Option<VersionRow>> {
-        Ok(rv::table
-            .filter(rv::res_type.eq(ty))
-            .filter(rv::res_id.eq(id))
-            .order(rv::version.desc())
-            .select(VersionRow::as_select())
-            .first(self.db)
-            .optional()?)
+        first(
+            rv::table
+                .filter(rv::res_type.eq(ty))
+                .filter(rv::res_id.eq(id))
+                .order(rv::version.desc())
+                .select(VersionRow::as_select()),
+            self.db,
+        )
     }
 
     /// The current version's number and state, without the body.
     pub fn current_version(&mut self, ty: &str, id: &str) -> Result<Option<CurrentVersion>> {
-        Ok(rv::table
-            .filter(rv::res_type.eq(ty))
-            .filter(rv::res_id.eq(id))
-            .order(rv::version.desc())
-            .select(CurrentVersion::as_select())
-            .first(self.db)
-            .optional()?)
+        first(
+            rv::table
+                .filter(rv::res_type.eq(ty))
+                .filter(rv::res_id.eq(id))
+                .order(rv::version.desc())
+                .select(CurrentVersion::as_select()),
+            self.db,
+        )
     }
 
     /// One version of a resource.
     pub fn version(&mut self, ty: &str, id: &str, version: i64) -> Result<Option<VersionRow>> {
-        Ok(rv::table
-            .filter(rv::res_type.eq(ty))
-            .filter(rv::res_id.eq(id))
-            .filter(rv::version.eq(version))
-            .select(VersionRow::as_select())
-            .first(self.db)
-            .optional()?)
+        first(
+            rv::table
+                .filter(rv::res_type.eq(ty))
+                .filter(rv::res_id.eq(id))
+                .filter(rv::version.eq(version))
+                .select(VersionRow::as_select()),
+            self.db,
+        )
     }
 
     /// Ends a version's time as the current one and drops its index rows. Fails with
@@ -259,12 +262,14 @@ impl<'c> Session<'c> {
             .filter(diesel::dsl::not(rv::deleted))
             .select(rv::res_id)
             .distinct()
-            .limit(limit)
             .into_boxed();
         if let Some(s) = system {
             q = q.filter(ix_token::system.eq(s));
         }
-        Ok(q.load(self.db)?)
+        if self.backend == Backend::Postgres {
+            q = q.limit(limit);
+        }
+        take(q, limit, self.db)
     }
 
     /// Ids of live resources of a type with one of the given ids.
@@ -312,10 +317,11 @@ impl<'c> Session<'c> {
                     .or(rv::last_updated.eq(lu).and(rv::pk.lt(pk))),
             );
         }
-        Ok(query
-            .order((rv::last_updated.desc(), rv::pk.desc()))
-            .limit(q.limit)
-            .load(self.db)?)
+        query = query.order((rv::last_updated.desc(), rv::pk.desc()));
+        if self.backend == Backend::Postgres {
+            query = query.limit(q.limit);
+        }
+        take(query, q.limit, self.db)
     }
 
     /// How many versions a history interaction lists in all (instance level only: it is cheap there).
@@ -347,6 +353,39 @@ impl<'c> Session<'c> {
     }
 }
 
+/// The first row of a query, without `LIMIT`: SQLite re-prepares a statement whose `LIMIT` is a
+/// bound value on every run (measured: the parser was a third of a read's time), so point
+/// queries read one row from the iterator and drop the rest.
+fn first<'q, Q, U>(query: Q, db: &mut Db) -> Result<Option<U>>
+where
+    Q: diesel::query_dsl::LoadQuery<'q, Db, U>,
+{
+    match query
+        .load_iter::<U, diesel::connection::DefaultLoadingMode>(db)?
+        .next()
+    {
+        Some(row) => Ok(Some(row?)),
+        None => Ok(None),
+    }
+}
+
+/// At most `n` rows of a query. On SQLite the rows are read lazily and the statement carries no
+/// `LIMIT` (see `first`); on PostgreSQL the caller adds `LIMIT`, since libpq would otherwise
+/// fetch the whole result.
+fn take<'q, Q, U>(query: Q, n: i64, db: &mut Db) -> Result<Vec<U>>
+where
+    Q: diesel::query_dsl::LoadQuery<'q, Db, U>,
+{
+    let mut out = Vec::new();
+    for row in query
+        .load_iter::<U, diesel::connection::DefaultLoadingMode>(db)?
+        .take(n.max(0) as usize)
+    {
+        out.push(row?);
+    }
+    Ok(out)
+}
+
 /// FNV-1a, 64 bits: a lock key stable across processes and versions.
 pub fn fnv1a(parts: &[&[u8]]) -> i64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -359,7 +398,7 @@ pub fn fnv1a(parts: &[&[u8]]) -> i64 {
 
 /// The next change number on SQLite: taken under the write lock, so numbers follow commit order.
 pub(super) fn next_sqlite_txid(db: &mut Db) -> Result<i64> {
-    let max: Option<i64> = rv::table.select(diesel::dsl::max(rv::txid)).first(db)?;
+    let max: Option<i64> = first(rv::table.select(diesel::dsl::max(rv::txid)), db)?.flatten();
     Ok(max.unwrap_or(0) + 1)
 }
 
