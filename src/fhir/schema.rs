@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
+use rustc_hash::FxHashMap;
+
 use serde::Deserialize;
 
 static ELEMENTS_JSON: &str = include_str!("../../fhir-profiles/r4/elements.json");
@@ -130,7 +132,9 @@ pub struct Element {
 /// The elements of one type, by JSON property name.
 #[derive(Debug, Default)]
 pub struct TypeDef {
-    pub elements: HashMap<&'static str, Element>,
+    /// FxHash: lookups by element name run for every element of every write, and the keys are
+    /// the specification's, not an attacker's.
+    pub elements: FxHashMap<&'static str, Element>,
     /// Elements with `min >= 1`: (name, the JSON property names that satisfy it).
     pub required: Vec<(&'static str, Vec<&'static str>)>,
     /// Choice elements: name to the JSON property names of its variants.
@@ -139,7 +143,7 @@ pub struct TypeDef {
 
 /// All types of one FHIR release.
 pub struct Schema {
-    types: HashMap<&'static str, TypeDef>,
+    types: FxHashMap<&'static str, TypeDef>,
     resources: Vec<&'static str>,
 }
 
@@ -163,7 +167,7 @@ impl Schema {
         for k in raw.types.keys() {
             keys.insert(k.clone(), leak(k.clone()));
         }
-        let mut types = HashMap::new();
+        let mut types = FxHashMap::default();
         for (key, elements) in &raw.types {
             let resource_root = key == "Resource"
                 || key == "DomainResource"

@@ -135,7 +135,15 @@ impl Walker<'_> {
                 continue;
             }
             match def.elements.get(key.as_str()) {
-                Some(el) => self.element(key, el, value, obj.get(&format!("_{key}"))),
+                Some(el) => {
+                    // Only repeating primitives need their `_` companion (to allow nulls).
+                    let companion = if el.many && matches!(el.ty, TypeRef::Primitive(_)) {
+                        obj.get(&format!("_{key}"))
+                    } else {
+                        None
+                    };
+                    self.element(key, el, value, companion)
+                }
                 None => {
                     let mark = self.push(key);
                     self.issue("structure", format!("unknown element '{key}'"));
@@ -144,9 +152,13 @@ impl Walker<'_> {
             }
         }
         for (name, props) in &def.required {
-            let present = props
-                .iter()
-                .any(|p| obj.contains_key(*p) || obj.contains_key(&format!("_{p}")));
+            let present = props.iter().any(|p| obj.contains_key(*p))
+                || props.iter().any(|p| {
+                    matches!(
+                        def.elements.get(p).map(|e| e.ty),
+                        Some(TypeRef::Primitive(_))
+                    ) && obj.contains_key(&format!("_{p}"))
+                });
             if !present {
                 let mark = self.push(name);
                 self.issue("required", format!("required element '{name}' is missing"));

@@ -174,6 +174,10 @@ impl Store {
                 })?;
                 sqlite_pragmas(&mut writer, &synchronous)?;
                 run_migrations(&mut writer, backend)?;
+                let mut checkpoints = Db::establish(&url).map_err(|e| {
+                    StoreError::Unavailable(format!("cannot open SQLite file {url}: {e}"))
+                })?;
+                sqlite_pragmas(&mut checkpoints, &synchronous)?;
                 let pool = Pool::builder()
                     .max_size(config.pool_size.max(1))
                     .min_idle(Some(1))
@@ -189,7 +193,7 @@ impl Store {
                 Store {
                     backend,
                     pool,
-                    writer: Some(writer::spawn(writer)),
+                    writer: Some(writer::spawn(writer, checkpoints)),
                     sqlite: Some(std::sync::Arc::new(reader)),
                 }
             }
@@ -228,7 +232,7 @@ impl Store {
         let backend = self.backend;
         blocking(move || {
             let mut conn = pool.get().map_err(StoreError::from)?;
-            f(&mut Session::new(&mut conn, backend, 0))
+            f(&mut Session::new(&mut conn, backend, None))
         })
         .await
     }
@@ -255,7 +259,7 @@ impl Store {
                         v.insert(db)
                     }
                 };
-                f(&mut Session::new(conn, Backend::Sqlite, 0))
+                f(&mut Session::new(conn, Backend::Sqlite, None))
             }),
             None => self.read(f).await,
         }
@@ -324,11 +328,7 @@ where
 {
     let mut outcome: Option<Result<T, E>> = None;
     let r = db.transaction::<(), diesel::result::Error, _>(|db| {
-        let txid = match session::postgres_txid(db) {
-            Ok(t) => t,
-            Err(e) => return Err(e),
-        };
-        let r = f(&mut Session::new(db, backend, txid));
+        let r = f(&mut Session::new(db, backend, None));
         let failed = r.is_err();
         outcome = Some(r);
         if failed {

@@ -11,7 +11,7 @@ use std::thread;
 
 use diesel::connection::{AnsiTransactionManager, SimpleConnection, TransactionManager};
 
-use super::{Backend, Db, Session, StoreError, session};
+use super::{Db, Session, StoreError, session};
 
 /// What a write leaves for after the commit: whether it succeeded, and how to tell its caller
 /// (with the commit's error, if the commit failed).
@@ -25,12 +25,33 @@ pub(super) type Job = Box<dyn FnOnce(&mut Session<'_>) -> Done + Send>;
 /// Writes run in one transaction at most this many at a time.
 const MAX_GROUP: usize = 64;
 
-/// Starts the writer thread on `db`; jobs sent to the returned channel run there.
-pub(super) fn spawn(mut db: Db) -> mpsc::Sender<Job> {
+/// How often the checkpointer copies the WAL into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Starts the writer thread on `db`; jobs sent to the returned channel run there. `checkpoints`
+/// is a second connection: WAL checkpoints (copying committed pages into the database file, with
+/// its fsync) run on it in a thread of their own instead of inside a writer's commit.
+pub(super) fn spawn(mut db: Db, mut checkpoints: Db) -> mpsc::Sender<Job> {
     let (tx, rx) = mpsc::channel::<Job>();
+    let (alive, stopped) = mpsc::channel::<()>();
+    // The writer's own automatic checkpoints only as a safety net (100k pages, ~400 MB of WAL).
+    let _ = db.batch_execute("PRAGMA wal_autocheckpoint = 100000");
+    thread::Builder::new()
+        .name("yba-sqlite-ckpt".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY)
+            {
+                if let Err(e) = checkpoints.batch_execute("PRAGMA wal_checkpoint(PASSIVE)") {
+                    tracing::warn!(error = %e, "SQLite checkpoint failed");
+                }
+            }
+            let _ = checkpoints.batch_execute("PRAGMA wal_checkpoint(TRUNCATE)");
+        })
+        .expect("the SQLite checkpoint thread starts");
     thread::Builder::new()
         .name("yba-sqlite-writer".into())
         .spawn(move || {
+            let _alive = alive;
             while let Ok(first) = rx.recv() {
                 let mut group = vec![first];
                 while group.len() < MAX_GROUP {
@@ -55,14 +76,16 @@ fn run_group(db: &mut Db, group: Vec<Job>) {
         tracing::error!(error = %e, "SQLite: cannot begin a write transaction");
         return;
     }
-    let txid = match session::next_sqlite_txid(db) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(error = %e, "SQLite: cannot read the change sequence");
-            rollback(db);
-            return;
-        }
-    };
+    let (txid, last_pk) =
+        match session::next_sqlite_txid(db).and_then(|t| Ok((t, session::last_sqlite_pk(db)?))) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "SQLite: cannot read the change sequence");
+                rollback(db);
+                return;
+            }
+        };
+    let last_pk = std::cell::Cell::new(last_pk);
     let mut done = Vec::with_capacity(group.len());
     for job in group {
         if let Err(e) = db.batch_execute("SAVEPOINT w") {
@@ -72,7 +95,7 @@ fn run_group(db: &mut Db, group: Vec<Job>) {
         // A panic in one write must not take the writer down: its savepoint is rolled back
         // and its caller hears that the write failed.
         match catch_unwind(AssertUnwindSafe(|| {
-            job(&mut Session::new(db, Backend::Sqlite, txid))
+            job(&mut Session::sqlite_writer(db, txid, &last_pk))
         })) {
             Ok(d) => {
                 let end = if d.ok {

@@ -13,7 +13,7 @@ CREATE TABLE resource_version (
     -- The change sequence: one number per write transaction: on SQLite a counter taken under
     -- the write lock (commit order); on PostgreSQL the transaction id (pg_current_xact_id), read
     -- only below pg_snapshot_xmin so that a late commit is never skipped.
-    txid         BIGINT  NOT NULL,
+    txid         BIGINT  NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
     -- meta.lastUpdated, in milliseconds since the Unix epoch.
     last_updated BIGINT  NOT NULL,
     -- The exact FHIR JSON a read returns.
