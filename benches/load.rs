@@ -137,7 +137,7 @@ fn patient(n: u64) -> Value {
         "active": true,
         "name": [{"use": "official", "family": "Nguyễn", "given": ["Văn", format!("An{n}")]}],
         "telecom": [{"system": "phone", "value": format!("09{:08}", n % 100_000_000), "use": "mobile"}],
-        "gender": if n % 2 == 0 { "male" } else { "female" },
+        "gender": if n.is_multiple_of(2) { "male" } else { "female" },
         "birthDate": format!("19{:02}-{:02}-{:02}", 40 + n % 60, 1 + n % 12, 1 + n % 28),
         "address": [{"use": "home", "line": ["12 Lê Lợi"], "city": "Huế", "district": "Phú Hội", "country": "VN"}]
     })
@@ -178,7 +178,7 @@ where
         let make = make.clone();
         tasks.push(tokio::task::spawn_local(async move {
             let mut conn = Conn::open(&addr).await;
-            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (c as u64 + 1) * 0x2545_f491_4f6c_dd1d);
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((c as u64 + 1) * 0x2545_f491_4f6c_dd1d));
             let (mut lat, mut errors) = (Vec::new(), 0usize);
             while Instant::now() < deadline {
                 let (m, path, body, want) = make(c, &mut rng);
@@ -261,6 +261,9 @@ fn rss_kb(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// A row of the raw baseline: type, id, body.
+type RawRowOwned = (String, String, String);
 
 diesel::table! {
     raw_ingest (pk) {
@@ -482,7 +485,7 @@ fn main() {
 
         // Transaction ingest.
         let mut rng = Rng(42);
-        let bundles: Vec<(Vec<u8>, usize, Vec<(String, String, String)>)> = (0..a.bundles)
+        let bundles: Vec<(Vec<u8>, usize, Vec<RawRowOwned>)> = (0..a.bundles)
             .map(|i| {
                 let (b, size) = patient_bundle(i as u64, &mut rng);
                 let rows = b["entry"]
@@ -569,10 +572,8 @@ fn main() {
     });
     let _ = server.kill();
     let _ = server.wait();
-    if postgres {
-        if let Ok(mut c) = diesel::PgConnection::establish(&pg) {
-            let _ = diesel::sql_query(format!("DROP SCHEMA {schema} CASCADE")).execute(&mut c);
-            let _ = diesel::sql_query(format!("DROP SCHEMA {schema}_raw CASCADE")).execute(&mut c);
-        }
+    if postgres && let Ok(mut c) = diesel::PgConnection::establish(&pg) {
+        let _ = diesel::sql_query(format!("DROP SCHEMA {schema} CASCADE")).execute(&mut c);
+        let _ = diesel::sql_query(format!("DROP SCHEMA {schema}_raw CASCADE")).execute(&mut c);
     }
 }

@@ -421,10 +421,10 @@ fn deleted_response(deleted: Option<&Stored>, ctx: &Ctx) -> HttpResponse {
         }
         _ => HttpResponse::NoContent().finish(),
     };
-    if let Some(d) = deleted {
-        if let Ok(v) = header::HeaderValue::from_str(&format!("W/\"{}\"", d.version)) {
-            r.headers_mut().insert(header::ETAG, v);
-        }
+    if let Some(d) = deleted
+        && let Ok(v) = header::HeaderValue::from_str(&format!("W/\"{}\"", d.version))
+    {
+        r.headers_mut().insert(header::ETAG, v);
     }
     r
 }
@@ -447,13 +447,13 @@ pub async fn search_post(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let mut query = req.query_string().to_string();
-    if let Ok(form) = std::str::from_utf8(&body) {
-        if !form.is_empty() {
-            if !query.is_empty() {
-                query.push('&');
-            }
-            query.push_str(form);
+    if let Ok(form) = std::str::from_utf8(&body)
+        && !form.is_empty()
+    {
+        if !query.is_empty() {
+            query.push('&');
         }
+        query.push_str(form);
     }
     search_with(req, path.into_inner(), query, state).await
 }
@@ -653,13 +653,13 @@ async fn history(
         }
     };
     let mut links = vec![("self", link(None))];
-    if rows.len() as i64 == limit {
-        if let Some(last) = rows.last() {
-            links.push((
-                "next",
-                link(Some(format!("{}.{}", last.last_updated, last.pk))),
-            ));
-        }
+    if rows.len() as i64 == limit
+        && let Some(last) = rows.last()
+    {
+        links.push((
+            "next",
+            link(Some(format!("{}.{}", last.last_updated, last.pk))),
+        ));
     }
     let entries: Vec<EntryOut> = rows
         .into_iter()

@@ -304,14 +304,13 @@ fn check_unique(entries: &[Entry]) -> Result<()> {
     for e in entries {
         if let (Verb::Put | Verb::Patch | Verb::Delete, Target::Instance(t, id)) =
             (e.verb, &e.target)
+            && !seen.insert((*t, id.as_str()))
         {
-            if !seen.insert((*t, id.as_str())) {
-                return Err(Error::invalid_at(
-                    "duplicate",
-                    format!("{t}/{id} is the subject of more than one entry of the transaction"),
-                    at(e.index, ".request.url"),
-                ));
-            }
+            return Err(Error::invalid_at(
+                "duplicate",
+                format!("{t}/{id} is the subject of more than one entry of the transaction"),
+                at(e.index, ".request.url"),
+            ));
         }
     }
     Ok(())
@@ -437,10 +436,10 @@ fn plan(
         .iter_mut()
         .filter(|e| matches!(e.verb, Verb::Post | Verb::Put))
     {
-        if let Some(r) = e.resource.as_mut() {
-            if !rewrite_links(look, r, &ids).map_err(|err| entry_error(e.index, err))? {
-                return Ok(None);
-            }
+        if let Some(r) = e.resource.as_mut()
+            && !rewrite_links(look, r, &ids).map_err(|err| entry_error(e.index, err))?
+        {
+            return Ok(None);
         }
     }
     let mut prepared = Vec::with_capacity(creates.len());
@@ -809,10 +808,10 @@ fn rewrite_links(
         }
     }
     for_each_link(resource, &mut |kind, link| {
-        if kind == LinkKind::Reference {
-            if let Some(new) = resolved.get(link.as_str()) {
-                *link = new.clone();
-            }
+        if kind == LinkKind::Reference
+            && let Some(new) = resolved.get(link.as_str())
+        {
+            *link = new.clone();
         }
     });
     Ok(true)
@@ -873,10 +872,10 @@ async fn batch_entry(fhir: &Fhir, e: Entry, opts: &BundleOptions) -> Result<Entr
         }
         (Verb::Put, Target::Instance(_, id)) => {
             let mut value = e.resource.unwrap_or(Value::Null);
-            if value.get("id").is_none() {
-                if let Value::Object(o) = &mut value {
-                    o.insert("id".into(), Value::String(id.clone()));
-                }
+            if value.get("id").is_none()
+                && let Value::Object(o) = &mut value
+            {
+                o.insert("id".into(), Value::String(id.clone()));
             }
             Ok(written_entry(
                 &fhir.update(ty, id, value, e.if_match).await?,

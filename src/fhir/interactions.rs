@@ -117,13 +117,13 @@ impl Fhir {
         let (body, tokens) = prepare(value, ty, &id, 1, now, ty)?;
         self.store
             .write(move |s| {
-                if let Some(c) = &condition {
-                    if let Some(existing) = conditional_match(s, ty, c)? {
-                        return Ok(Written {
-                            stored: existing,
-                            created: false,
-                        });
-                    }
+                if let Some(c) = &condition
+                    && let Some(existing) = conditional_match(s, ty, c)?
+                {
+                    return Ok(Written {
+                        stored: existing,
+                        created: false,
+                    });
                 }
                 let stored = insert(s, ty, id, 1, Method::Create, now, body, tokens)?;
                 Ok(Written {
@@ -471,13 +471,13 @@ pub(crate) fn update_in(
             })
         }
         Some(c) => {
-            if let Some(v) = if_match {
-                if v != c.version {
-                    return Err(Error::PreconditionFailed(format!(
-                        "If-Match asks for version {v} of {ty}/{id}, but the current version is {}",
-                        c.version
-                    )));
-                }
+            if let Some(v) = if_match
+                && v != c.version
+            {
+                return Err(Error::PreconditionFailed(format!(
+                    "If-Match asks for version {v} of {ty}/{id}, but the current version is {}",
+                    c.version
+                )));
             }
             let version = c.version + 1;
             let (body, tokens) =
@@ -558,13 +558,13 @@ pub(crate) fn patch_in(
         Some(r) if r.deleted => return Err(Error::Gone(format!("{ty}/{id} was deleted"))),
         Some(r) => r,
     };
-    if let Some(v) = if_match {
-        if v != current.version {
-            return Err(Error::PreconditionFailed(format!(
-                "If-Match asks for version {v} of {ty}/{id}, but the current version is {}",
-                current.version
-            )));
-        }
+    if let Some(v) = if_match
+        && v != current.version
+    {
+        return Err(Error::PreconditionFailed(format!(
+            "If-Match asks for version {v} of {ty}/{id}, but the current version is {}",
+            current.version
+        )));
     }
     let mut doc: Value = serde_json::from_str(&current.body).map_err(|e| {
         Error::Store(crate::store::StoreError::Unavailable(format!(

@@ -296,7 +296,7 @@ fn is_base64(s: &str) -> bool {
         }
         n += 1;
     }
-    n > 0 && n % 4 == 0
+    n > 0 && n.is_multiple_of(4)
 }
 
 /// At most 40 characters of a value, for messages (values may be personal data: keep them short).

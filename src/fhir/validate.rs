@@ -186,13 +186,13 @@ impl Walker<'_> {
                 let element_def = self.schema.type_def("Element");
                 match (value, el.many) {
                     (Value::Array(items), true) => {
-                        if let Some(Value::Array(vals)) = obj.get(base) {
-                            if vals.len() != items.len() {
-                                self.issue(
-                                    "structure",
-                                    format!("_{base} must have as many items as {base}"),
-                                );
-                            }
+                        if let Some(Value::Array(vals)) = obj.get(base)
+                            && vals.len() != items.len()
+                        {
+                            self.issue(
+                                "structure",
+                                format!("_{base} must have as many items as {base}"),
+                            );
                         }
                         for (i, item) in items.iter().enumerate() {
                             let m = self.push_index(i);

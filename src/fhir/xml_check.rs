@@ -238,15 +238,15 @@ impl<'a> Checker<'a> {
                         .flatten()
                         .find(|a| a.key.as_ref() == b"value")
                         .and_then(|a| a.unescape_value().ok().map(|v| v.into_owned()));
-                    if let Some(v) = value {
-                        if let Err(problem) = primitive::check_text(p, &v) {
-                            self.issue("value", problem, &child);
-                        }
+                    if let Some(v) = value
+                        && let Err(problem) = primitive::check_text(p, &v)
+                    {
+                        self.issue("value", problem, &child);
                     }
-                    if let Open::Start(_) = open {
-                        if let Some(d) = R4.type_def("Element") {
-                            self.children(d, &child, HashMap::new())?;
-                        }
+                    if let Open::Start(_) = open
+                        && let Some(d) = R4.type_def("Element")
+                    {
+                        self.children(d, &child, HashMap::new())?;
                     }
                 }
                 TypeRef::Complex(k) => match (open, R4.type_def(k)) {

@@ -110,13 +110,14 @@ pub struct Store {
     pool: Pool<ConnectionManager<Db>>,
     /// SQLite: the queue of the writer thread (group commit, see `writer`).
     writer: Option<std::sync::mpsc::Sender<writer::Job>>,
-    /// SQLite: what a thread needs to open its own reader connection.
-    sqlite: Option<std::sync::Arc<SqliteReader>>,
+    /// What a thread needs to open its own reader connection.
+    reader: std::sync::Arc<ThreadReader>,
 }
 
-/// Opens per-thread SQLite reader connections (one per HTTP worker thread, see `read_point`).
-struct SqliteReader {
+/// Opens per-thread reader connections (one per HTTP worker thread, see `read_point`).
+struct ThreadReader {
     id: u64,
+    backend: Backend,
     url: String,
     synchronous: String,
 }
@@ -162,12 +163,12 @@ impl Store {
         };
         let store = match backend {
             Backend::Sqlite => {
-                if let Some(dir) = std::path::Path::new(&url).parent() {
-                    if !dir.as_os_str().is_empty() {
-                        std::fs::create_dir_all(dir).map_err(|e| {
-                            StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-                        })?;
-                    }
+                if let Some(dir) = std::path::Path::new(&url).parent()
+                    && !dir.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+                    })?;
                 }
                 let mut writer = Db::establish(&url).map_err(|e| {
                     StoreError::Unavailable(format!("cannot open SQLite file {url}: {e}"))
@@ -185,8 +186,9 @@ impl Store {
                         synchronous: synchronous.clone(),
                     }))
                     .build(ConnectionManager::new(url.clone()))?;
-                let reader = SqliteReader {
+                let reader = ThreadReader {
                     id: STORE_IDS.fetch_add(1, Ordering::Relaxed),
+                    backend,
                     url,
                     synchronous,
                 };
@@ -194,7 +196,7 @@ impl Store {
                     backend,
                     pool,
                     writer: Some(writer::spawn(writer, checkpoints)),
-                    sqlite: Some(std::sync::Arc::new(reader)),
+                    reader: std::sync::Arc::new(reader),
                 }
             }
             Backend::Postgres => {
@@ -203,14 +205,20 @@ impl Store {
                     .min_idle(Some(2.min(config.pool_size)))
                     .connection_timeout(Duration::from_secs(10))
                     .test_on_check_out(false)
-                    .build(ConnectionManager::new(url))?;
+                    .build(ConnectionManager::new(url.clone()))?;
                 let mut conn = pool.get()?;
                 run_migrations(&mut conn, backend)?;
+                let reader = ThreadReader {
+                    id: STORE_IDS.fetch_add(1, Ordering::Relaxed),
+                    backend,
+                    url,
+                    synchronous,
+                };
                 Store {
                     backend,
                     pool,
                     writer: None,
-                    sqlite: None,
+                    reader: std::sync::Arc::new(reader),
                 }
             }
         };
@@ -237,32 +245,38 @@ impl Store {
         .await
     }
 
-    /// Runs a point read (a few rows by key) where it is cheapest: on SQLite inline, on this
-    /// thread's own reader connection (microseconds; a hop to another thread would cost more
-    /// than the query); on PostgreSQL like `read`.
+    /// Runs a point read (a few rows by key) inline, on this thread's own connection. A point
+    /// read takes microseconds on SQLite and one round trip on PostgreSQL; handing it to the
+    /// blocking pool and back cost more than the query itself (measured: the thread hops were a
+    /// third of a read's time). Longer reads use `read`, which does not hold up the HTTP worker.
     pub async fn read_point<T, E, F>(&self, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut Session<'_>) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
-        match &self.sqlite {
-            Some(reader) => READERS.with(|readers| {
-                let mut readers = readers.borrow_mut();
-                let conn = match readers.entry(reader.id) {
-                    std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        let mut db = Db::establish(&reader.url).map_err(|e| {
-                            StoreError::Unavailable(format!("cannot open SQLite: {e}"))
-                        })?;
+        let reader = &self.reader;
+        READERS.with(|readers| {
+            let mut readers = readers.borrow_mut();
+            let conn = match readers.entry(reader.id) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let mut db = Db::establish(&reader.url)
+                        .map_err(|e| StoreError::Unavailable(format!("cannot connect: {e}")))?;
+                    if reader.backend == Backend::Sqlite {
                         sqlite_pragmas(&mut db, &reader.synchronous).map_err(StoreError::from)?;
-                        v.insert(db)
                     }
-                };
-                f(&mut Session::new(conn, Backend::Sqlite, None))
-            }),
-            None => self.read(f).await,
-        }
+                    v.insert(db)
+                }
+            };
+            let result = f(&mut Session::new(conn, reader.backend, None));
+            // After a failure, a connection that no longer answers is dropped (a restarted
+            // PostgreSQL, say); the next read opens a new one.
+            if result.is_err() && Session::new(conn, reader.backend, None).ping().is_err() {
+                readers.remove(&reader.id);
+            }
+            result
+        })
     }
 
     /// Runs `f` in one database transaction: committed if it returns `Ok`, rolled back otherwise.

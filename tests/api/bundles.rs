@@ -56,10 +56,7 @@ async fn transaction_resolves_urn_uuid_references(app: TestApp) {
     }
     let patient_ref = loc(2).trim_end_matches("/_history/1").to_string();
     let encounter_ref = loc(0).trim_end_matches("/_history/1").to_string();
-    let o = app
-        .get(&loc(1).trim_end_matches("/_history/1").to_string())
-        .await
-        .json();
+    let o = app.get(loc(1).trim_end_matches("/_history/1")).await.json();
     assert_eq!(o["subject"]["reference"], patient_ref.as_str());
     assert_eq!(o["encounter"]["reference"], encounter_ref.as_str());
     let enc_read = app.get(&encounter_ref).await.json();
