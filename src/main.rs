@@ -1,4 +1,4 @@
-//! The `yba` command: `serve`, `migrate`.
+//! The `yba` command: `serve`, `migrate`, `reindex`.
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +21,9 @@ enum Command {
     Serve(Config),
     /// Run pending database migrations and exit.
     Migrate(Config),
+    /// Rebuild the search index from the stored resources (after search parameter
+    /// definitions change), with a progress bar.
+    Reindex(Config),
 }
 
 fn main() -> std::process::ExitCode {
@@ -31,6 +34,7 @@ fn main() -> std::process::ExitCode {
         Command::Migrate(config) => yba::store::migrate(&config.store())
             .map(|b| tracing::info!(database = b.name(), "migrations are up to date"))
             .map_err(|e| e.to_string()),
+        Command::Reindex(config) => reindex(config),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -45,9 +49,39 @@ fn main() -> std::process::ExitCode {
 fn serve(config: Config) -> Result<(), String> {
     actix_web::rt::System::new().block_on(async move {
         let running = yba::api::start(&config).map_err(|e| e.to_string())?;
+        match yba::fhir::search::index_is_current(&running.store).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "the search index was written under other search parameter definitions: run `yba reindex`"
+            ),
+            Err(e) => tracing::warn!("cannot check the search index: {e}"),
+        }
         tracing::info!(addr = %running.addr, database = running.store.backend().name(), "yba serves FHIR R4 at http://{}/fhir", running.addr);
         running.server.await.map_err(|e| e.to_string())?;
         tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn reindex(config: Config) -> Result<(), String> {
+    actix_web::rt::System::new().block_on(async move {
+        let store = yba::store::Store::open(&config.store()).map_err(|e| e.to_string())?;
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} reindexing [{bar:40}] {pos}/{len} resources ({per_sec}, {eta} left)",
+            )
+            .map_err(|e| e.to_string())?
+            .progress_chars("=> "),
+        );
+        let done = yba::fhir::search::reindex(&store, &|done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        bar.finish();
+        tracing::info!(resources = done, "search index rebuilt");
         Ok(())
     })
 }

@@ -176,6 +176,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .default_service(web::to(method_not_allowed)),
                 )
                 .service(
+                    resource("/_search")
+                        .route(get().to(rest::search_system))
+                        .route(post().to(rest::search_system_post))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
                     resource("/{type}/_search")
                         .route(post().to(rest::search_post))
                         .default_service(web::to(method_not_allowed)),
@@ -189,6 +195,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(
                     resource("/{type}/{id}/_history")
                         .route(get().to(rest::history_instance))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    resource("/{type}/{id}/{compartment}")
+                        .route(get().to(rest::compartment))
                         .default_service(web::to(method_not_allowed)),
                 )
                 .service(
@@ -210,11 +221,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 )
                 .service(
                     resource("")
+                        .route(get().to(rest::search_system))
                         .route(post().to(system::transaction))
                         .default_service(web::to(method_not_allowed)),
                 )
                 .service(
                     resource("/")
+                        .route(get().to(rest::search_system))
                         .route(post().to(system::transaction))
                         .default_service(web::to(method_not_allowed)),
                 ),

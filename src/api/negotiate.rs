@@ -21,8 +21,9 @@ pub struct Ctx {
     pub pretty: bool,
     /// `Prefer: return=...`, if given.
     pub prefer: Option<Return>,
-    /// `Prefer: handling=lenient`: ignore unknown search parameters.
-    pub lenient: bool,
+    /// `Prefer: handling=strict`: refuse unknown search parameters and bad values (the
+    /// default, `handling=lenient`, ignores them).
+    pub strict: bool,
     req: HttpRequest,
     configured_base: Option<std::sync::Arc<str>>,
     base: std::cell::OnceCell<String>,
@@ -54,12 +55,12 @@ impl Ctx {
             })?,
             None => accept_format(req)?,
         };
-        let (prefer, lenient) = prefer(req);
+        let (prefer, strict) = prefer(req);
         Ok(Ctx {
             format,
             pretty,
             prefer,
-            lenient,
+            strict,
             req: req.clone(),
             configured_base: base_url.cloned(),
             base: std::cell::OnceCell::new(),
@@ -129,7 +130,7 @@ fn accept_format(req: &HttpRequest) -> Result<Format, ApiError> {
 
 fn prefer(req: &HttpRequest) -> (Option<Return>, bool) {
     let mut ret = None;
-    let mut lenient = false;
+    let mut strict = false;
     for v in req
         .headers()
         .get_all("prefer")
@@ -140,12 +141,13 @@ fn prefer(req: &HttpRequest) -> (Option<Return>, bool) {
                 "return=minimal" => ret = Some(Return::Minimal),
                 "return=representation" => ret = Some(Return::Representation),
                 "return=OperationOutcome" => ret = Some(Return::OperationOutcome),
-                "handling=lenient" => lenient = true,
+                "handling=strict" => strict = true,
+                "handling=lenient" => strict = false,
                 _ => {}
             }
         }
     }
-    (ret, lenient)
+    (ret, strict)
 }
 
 /// The FHIR base URL: configured, or this request's scheme and host.

@@ -429,14 +429,14 @@ fn deleted_response(deleted: Option<&Stored>, ctx: &Ctx) -> HttpResponse {
     r
 }
 
-/// `GET [type]?identifier=..&_id=..`: the search of this issue (full search is its own issue).
+/// `GET [type]?...`: search (R4 §3.1.1).
 pub async fn search(
     req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let query = req.query_string().to_string();
-    search_with(req, path.into_inner(), query, state).await
+    search_with(req, Some(path.into_inner()), query, state).await
 }
 
 /// `POST [type]/_search` with form-encoded parameters.
@@ -446,8 +446,58 @@ pub async fn search_post(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> HttpResponse {
+    let query = form_query(&req, &body);
+    search_with(req, Some(path.into_inner()), query, state).await
+}
+
+/// `GET [type]/[id]/[compartment type]?...` (R4 §3.1.0.4.1): a search within the compartment
+/// of a resource; and `GET Patient/[id]/$everything` (with `_since`, `_type`, `_count`): the
+/// whole record, paged.
+pub async fn compartment(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let (owner, id, what) = path.into_inner();
+    let query = req.query_string().to_string();
+    let everything = what == "$everything";
+    let ty = if everything { None } else { Some(what) };
+    let mut pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    if everything {
+        // `_since` is `_lastUpdated=ge...` here; `start`/`end` (care dates) are not supported.
+        for (k, v) in pairs.iter_mut() {
+            if k == "_since" {
+                *k = "_lastUpdated".into();
+                *v = format!("ge{v}");
+            }
+        }
+    }
+    let scope = Some((owner, id, everything));
+    search_in(req, ty, pairs, scope, state).await
+}
+
+/// `GET /fhir?_type=...`: search across types.
+pub async fn search_system(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let query = req.query_string().to_string();
+    search_with(req, None, query, state).await
+}
+
+/// `POST /fhir/_search`.
+pub async fn search_system_post(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let query = form_query(&req, &body);
+    search_with(req, None, query, state).await
+}
+
+/// The URL's query and a form body together (`POST _search` may use both).
+fn form_query(req: &HttpRequest, body: &[u8]) -> String {
     let mut query = req.query_string().to_string();
-    if let Ok(form) = std::str::from_utf8(&body)
+    if let Ok(form) = std::str::from_utf8(body)
         && !form.is_empty()
     {
         if !query.is_empty() {
@@ -455,60 +505,100 @@ pub async fn search_post(
         }
         query.push_str(form);
     }
-    search_with(req, path.into_inner(), query, state).await
+    query
+}
+
+fn page_link(
+    base: &str,
+    ty: Option<&str>,
+    used: &[(String, String)],
+    extra: Option<(&str, &str)>,
+) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in used {
+        q.append_pair(k, v);
+    }
+    if let Some((k, v)) = extra {
+        q.append_pair(k, v);
+    }
+    let q = q.finish();
+    match ty {
+        Some(t) => format!("{base}/{t}?{q}"),
+        None => format!("{base}?{q}"),
+    }
 }
 
 async fn search_with(
     req: HttpRequest,
-    ty: String,
+    ty: Option<String>,
     query: String,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    search_in(req, ty, pairs, None, state).await
+}
+
+/// A search, within a compartment `(type, id, $everything?)` when given.
+async fn search_in(
+    req: HttpRequest,
+    ty: Option<String>,
+    pairs: Vec<(String, String)>,
+    compartment: Option<(String, String, bool)>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
     state.reply(&req, Interaction::Search, |ctx| async {
         let ctx = ctx;
-        let ty = resource_type(&ty, &ctx)?;
-        let mut count = 50i64;
-        let mut criteria = form_urlencoded::Serializer::new(String::new());
-        let mut any = false;
-        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-            match k.as_ref() {
-                "_format" | "_pretty" => {}
-                "_count" => {
-                    count = v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-                        ApiError::new(400, "value", format!("_count '{v}' is not a number"), ctx.format)
-                    })?.min(1000);
-                }
-                "identifier" | "_id" => {
-                    criteria.append_pair(&k, &v);
-                    any = true;
-                }
-                other if ctx.lenient => tracing::debug!(param = other, "ignored search parameter"),
-                other => {
-                    return Err(ApiError::new(
-                        400,
-                        "not-supported",
-                        format!("search parameter '{other}' is not supported yet (supported: _id, identifier, _count)"),
-                        ctx.format,
-                    ));
-                }
+        let ty = match &ty {
+            Some(t) => Some(resource_type(t, &ctx)?),
+            None => None,
+        };
+        let mut spec = crate::fhir::search::query::parse(ty, &pairs, ctx.strict).map_err(|e| ctx.error(e))?;
+        let mut link_path: Option<String> = ty.map(str::to_string);
+        if let Some((owner, id, everything)) = &compartment {
+            let owner_ty = resource_type(owner, &ctx)?;
+            if *everything && owner_ty != "Patient" {
+                return Err(ctx.error(Error::NotFound(format!("{owner_ty}/$everything is not an operation of this server (Patient/$everything is)"))));
+            }
+            // The owner must exist (404 / 410 otherwise).
+            state.fhir.read(owner_ty, id.clone()).await.map_err(|e| ctx.error(e))?;
+            spec.filters.push(crate::store::Filter::Compartment { ty: owner_ty.to_string(), id: id.clone() });
+            link_path = Some(match ty {
+                Some(t) => format!("{owner_ty}/{id}/{t}"),
+                None => format!("{owner_ty}/{id}/$everything"),
+            });
+        }
+        let page = crate::fhir::search::run(state.fhir.store(), spec.clone()).await.map_err(|e| ctx.error(e))?;
+        let base = ctx.base();
+        let mut entries: Vec<EntryOut> = Vec::with_capacity(page.matches.len() + page.included.len() + 1);
+        for (mode, rows) in [("match", &page.matches), ("include", &page.included)] {
+            for f in rows.iter() {
+                let body = crate::fhir::search::shape(&f.body, &f.res_type, &spec).unwrap_or_else(|| f.body.clone());
+                entries.push(EntryOut {
+                    full_url: Some(format!("{base}/{}/{}", f.res_type, f.res_id)),
+                    resource: Some(body),
+                    search_mode: Some(mode),
+                    ..Default::default()
+                });
             }
         }
-        if !any {
-            return Err(ApiError::new(501, "not-supported", format!("searching {ty} without _id or identifier arrives with full search"), ctx.format));
-        }
-        let condition = Condition::parse(&criteria.finish()).map_err(|e| ctx.error(e))?;
-        let found = state.fhir.find(ty, condition, count).await.map_err(|e| ctx.error(e))?;
-        let entries: Vec<EntryOut> = found
-            .into_iter()
-            .map(|s| EntryOut {
-                full_url: Some(format!("{}/{}/{}", ctx.base(), s.ty, s.id)),
-                resource: Some(s.body),
-                search_mode: Some("match"),
+        if !spec.ignored.is_empty() {
+            entries.push(EntryOut {
+                resource_value: Some(crate::fhir::outcome::to_value(&spec.ignored)),
+                search_mode: Some("outcome"),
                 ..Default::default()
-            })
-            .collect();
-        let self_link = format!("{}/{ty}?{query}", ctx.base());
-        let json = bundle_json("searchset", Some(entries.len() as i64), &[("self", self_link)], &entries);
+            });
+        }
+        let lp = link_path.as_deref();
+        let mut links = vec![("self", page_link(base, lp, &spec.used, None))];
+        if let Some(c) = &page.next {
+            links.push(("next", page_link(base, lp, &spec.used, Some(("_after", c)))));
+        }
+        if let Some(c) = &page.previous {
+            links.push(("previous", page_link(base, lp, &spec.used, Some(("_before", c)))));
+        }
+        let json = bundle_json("searchset", page.total, &links, &entries);
         bundle_response(json, &ctx)
     })
     .await

@@ -340,7 +340,7 @@ struct NewResource {
     ty: &'static str,
     id: String,
     body: String,
-    tokens: Vec<crate::store::TokenRow>,
+    tokens: crate::store::IndexRows,
 }
 
 /// What a transaction writes, worked out before the writes: the id of every POST and PUT entry,

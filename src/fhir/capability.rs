@@ -37,11 +37,9 @@ pub fn capability_statement(base: &str) -> Value {
                 "conditionalUpdate": true,
                 "conditionalDelete": "single",
                 "referencePolicy": ["literal", "logical"],
-                "searchParam": [
-                    {"name": "_id", "type": "token", "documentation": "The logical id of the resource"},
-                    {"name": "identifier", "type": "token",
-                     "documentation": "The resource's business identifier (system|value, |value or value); other search parameters arrive with full search"}
-                ]
+                "searchParam": search_params(ty),
+                "searchInclude": ["*", format!("{ty}:*")],
+                "searchRevInclude": ["*"],
             })
         })
         .collect();
@@ -58,13 +56,38 @@ pub fn capability_statement(base: &str) -> Value {
         "patchFormat": ["application/json-patch+json"],
         "rest": [{
             "mode": "server",
-            "documentation": "Unsupported search parameters are refused with 400 and an OperationOutcome; _text, _content, _tag, _profile, _security, _source, _lastUpdated and the full search arrive with the search issue.",
+            "documentation": "Search: every R4 search parameter listed per resource, with modifiers :missing (all), :exact :contains (string), :not :text :of-type (token; of-type on identifier), :Type :identifier (reference), :above :below (uri); prefixes eq ne gt lt ge le sa eb ap on date, number and quantity; chains, _has, _include/_revinclude (with :iterate), _sort (several keys, - for descending; sorted pages link forward only), _count, _total, _summary, _elements, _type at system level, Patient/[id]/$everything and compartment searches. Not supported: _text, _content, _query, _list, _filter (ignored, or refused with Prefer: handling=strict), :in/:not-in/:above/:below on tokens, Location near. Unknown parameters are ignored and reported in an OperationOutcome entry unless Prefer: handling=strict.",
             "resource": resources,
+            "searchParam": [
+                {"name": "_id", "type": "token"},
+                {"name": "_lastUpdated", "type": "date"},
+                {"name": "_type", "type": "token"}
+            ],
             "interaction": [
+                {"code": "search-system"},
                 {"code": "transaction"},
                 {"code": "batch"},
                 {"code": "history-system"}
             ]
         }]
     })
+}
+
+/// The search parameters of a type that work, as CapabilityStatement entries.
+fn search_params(ty: &str) -> Vec<Value> {
+    use super::search::registry::{ParamType, REGISTRY};
+    let Some(params) = REGISTRY.for_type(ty) else {
+        return Vec::new();
+    };
+    let mut list: Vec<Value> = params
+        .by_code
+        .values()
+        .filter(|p| {
+            p.ty != ParamType::Special
+                && (p.expr.is_some() || p.code == "_id" || p.code == "_lastUpdated")
+        })
+        .map(|p| json!({"name": p.code, "definition": p.url, "type": p.ty.name()}))
+        .collect();
+    list.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    list
 }

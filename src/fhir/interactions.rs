@@ -10,11 +10,10 @@ use serde_json::{Map, Value};
 use super::condition::Condition;
 use super::datetime::{format_instant, now_millis};
 use super::format::to_stored_json;
-use super::links::identifiers;
 use super::outcome::Issue;
 use super::validate;
 use crate::error::{Error, Result};
-use crate::store::{HistoryQuery, Method, NewVersion, Session, Store, TokenRow, VersionRow};
+use crate::store::{HistoryQuery, IndexRows, Method, NewVersion, Session, Store, VersionRow};
 
 /// How many times a write that lost a race is retried before answering 409.
 const MAX_ATTEMPTS: usize = 5;
@@ -350,7 +349,7 @@ pub fn check_id(id: &str) -> Result<()> {
 }
 
 /// Sets the server's `id` and `meta` on a resource and renders the JSON to store, with its
-/// token index rows. `location` names the resource in error messages.
+/// search index rows. `location` names the resource in error messages.
 pub(crate) fn prepare(
     mut value: Value,
     ty: &str,
@@ -358,15 +357,7 @@ pub(crate) fn prepare(
     version: i64,
     now: i64,
     location: &str,
-) -> Result<(String, Vec<TokenRow>)> {
-    let tokens = identifiers(&value)
-        .into_iter()
-        .map(|(system, code)| TokenRow {
-            param: "identifier",
-            system,
-            code,
-        })
-        .collect();
+) -> Result<(String, IndexRows)> {
     let Value::Object(obj) = &mut value else {
         return Err(Error::invalid(
             "structure",
@@ -381,9 +372,9 @@ pub(crate) fn prepare(
         m.insert("versionId".into(), Value::String(version.to_string()));
         m.insert("lastUpdated".into(), Value::String(format_instant(now)));
     }
-    let _ = ty;
+    let rows = crate::fhir::search::extract::index_rows(ty, &value);
     let body = to_stored_json(value, location)?;
-    Ok((body, tokens))
+    Ok((body, rows))
 }
 
 /// Inserts a prepared version as the current one.
@@ -396,7 +387,7 @@ pub(crate) fn insert(
     method: Method,
     now: i64,
     body: String,
-    tokens: Vec<TokenRow>,
+    tokens: IndexRows,
 ) -> Result<Stored> {
     let row = NewVersion {
         res_type: ty,
@@ -529,7 +520,7 @@ pub(crate) fn delete_in(
         last_updated: now,
         body: "",
     };
-    s.insert(&[(row, Vec::new())])?;
+    s.insert(&[(row, IndexRows::default())])?;
     Ok(Some(Stored {
         pk: 0,
         ty: ty.to_string(),

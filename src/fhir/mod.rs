@@ -16,12 +16,14 @@ pub mod bundle_out;
 pub mod capability;
 pub mod condition;
 pub mod datetime;
+pub mod fhirpath;
 pub mod format;
 pub mod interactions;
 pub mod links;
 pub mod outcome;
 pub mod primitive;
 pub mod schema;
+pub mod search;
 pub mod validate;
 pub mod xml_check;
 

@@ -40,6 +40,12 @@ impl Issue {
         }
     }
 
+    /// The same issue as a warning (a problem the server worked around).
+    pub fn warning(mut self) -> Issue {
+        self.severity = Severity::Warning;
+        self
+    }
+
     pub fn at(mut self, expression: impl Into<String>) -> Issue {
         self.expression = Some(expression.into());
         self

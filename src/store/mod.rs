@@ -7,6 +7,7 @@
 //! pool. PostgreSQL uses one pool for both.
 
 mod schema;
+mod search;
 mod session;
 mod writer;
 
@@ -20,8 +21,12 @@ use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnectio
 use diesel::{Connection, PgConnection, SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
+pub use search::{
+    Cond, Filter, Found, IndexTable, Prefix, SearchQuery, SortBy, SortKey, SortValue,
+};
 pub use session::{
-    HistoryQuery, HistoryScope, Method, NewVersion, Session, TokenRow, VersionRow, fnv1a,
+    CompositeRow, DateRow, HistoryQuery, HistoryScope, IndexRows, Method, NewVersion, NumberRow,
+    QuantityRow, ReferenceRow, Session, StringRow, TokenRow, UriRow, VersionRow, fnv1a,
 };
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");

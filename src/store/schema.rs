@@ -25,4 +25,96 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(resource_version, ix_token);
+// The index tables have no primary key in the database (rows are found by resource_pk or by
+// value); diesel's `table!` needs one, so each names the columns that identify a row.
+diesel::table! {
+    ix_string (resource_pk, param, exact) {
+        resource_pk -> BigInt,
+        res_type -> Text,
+        param -> Text,
+        norm -> Text,
+        exact -> Text,
+    }
+}
+
+diesel::table! {
+    ix_reference (resource_pk, param, target) {
+        resource_pk -> BigInt,
+        res_type -> Text,
+        param -> Text,
+        target -> Text,
+    }
+}
+
+diesel::table! {
+    ix_date (resource_pk, param, low, high) {
+        resource_pk -> BigInt,
+        res_type -> Text,
+        param -> Text,
+        low -> BigInt,
+        high -> BigInt,
+    }
+}
+
+diesel::table! {
+    ix_number (resource_pk, param, value) {
+        resource_pk -> BigInt,
+        res_type -> Text,
+        param -> Text,
+        value -> Double,
+    }
+}
+
+diesel::table! {
+    ix_quantity (resource_pk, param, system, code, value) {
+        resource_pk -> BigInt,
+        res_type -> Text,
+        param -> Text,
+        system -> Text,
+        code -> Text,
+        value -> Double,
+    }
+}
+
+diesel::table! {
+    ix_uri (resource_pk, param, uri) {
+        resource_pk -> BigInt,
+        res_type -> Text,
+        param -> Text,
+        uri -> Text,
+    }
+}
+
+diesel::table! {
+    ix_composite (resource_pk, param, system1, code1, system2, code2) {
+        resource_pk -> BigInt,
+        res_type -> Text,
+        param -> Text,
+        system1 -> Text,
+        code1 -> Text,
+        system2 -> Text,
+        code2 -> Text,
+        value2 -> Nullable<Double>,
+        low2 -> Nullable<BigInt>,
+        high2 -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    yba_meta (key) {
+        key -> Text,
+        value -> Text,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(
+    resource_version,
+    ix_token,
+    ix_string,
+    ix_reference,
+    ix_date,
+    ix_number,
+    ix_quantity,
+    ix_uri,
+    ix_composite,
+);

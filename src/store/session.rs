@@ -4,7 +4,10 @@ use diesel::dsl::sql;
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 
-use super::schema::{ix_token, resource_version as rv};
+use super::schema::{
+    ix_composite, ix_date, ix_number, ix_quantity, ix_reference, ix_string, ix_token, ix_uri,
+    resource_version as rv,
+};
 use super::{Backend, Db, StoreError};
 
 /// The first row of a point query. SQLite re-prepares a statement whose `LIMIT` is a bound value
@@ -83,23 +86,138 @@ pub struct NewVersion<'a> {
     pub body: &'a str,
 }
 
-/// A token index row of a version (`resource_pk` is filled in on insert).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The search index rows of one version, by table (`resource_pk` and `res_type` are filled in
+/// on insert). `param` is a search parameter code, or `code:modifier` for derived rows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IndexRows {
+    pub strings: Vec<StringRow>,
+    pub tokens: Vec<TokenRow>,
+    pub references: Vec<ReferenceRow>,
+    pub dates: Vec<DateRow>,
+    pub numbers: Vec<NumberRow>,
+    pub quantities: Vec<QuantityRow>,
+    pub uris: Vec<UriRow>,
+    pub composites: Vec<CompositeRow>,
+}
+
+impl IndexRows {
+    pub fn is_empty(&self) -> bool {
+        self.strings.is_empty()
+            && self.tokens.is_empty()
+            && self.references.is_empty()
+            && self.dates.is_empty()
+            && self.numbers.is_empty()
+            && self.quantities.is_empty()
+            && self.uris.is_empty()
+            && self.composites.is_empty()
+    }
+
+    /// Rows in all.
+    pub fn len(&self) -> usize {
+        self.strings.len()
+            + self.tokens.len()
+            + self.references.len()
+            + self.dates.len()
+            + self.numbers.len()
+            + self.quantities.len()
+            + self.uris.len()
+            + self.composites.len()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StringRow {
+    pub param: &'static str,
+    /// Lower-cased, diacritics folded.
+    pub norm: String,
+    pub exact: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct TokenRow {
     pub param: &'static str,
     pub system: String,
     pub code: String,
 }
 
-#[derive(Insertable)]
-#[diesel(table_name = ix_token)]
-struct NewToken<'a> {
-    resource_pk: i64,
-    res_type: &'a str,
-    param: &'a str,
-    system: &'a str,
-    code: &'a str,
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReferenceRow {
+    pub param: &'static str,
+    /// `Type/id` for a resource on this server, else the URL or canonical.
+    pub target: String,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DateRow {
+    pub param: &'static str,
+    pub low: i64,
+    pub high: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+pub struct NumberRow {
+    pub param: &'static str,
+    pub value: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+pub struct QuantityRow {
+    pub param: &'static str,
+    pub system: String,
+    pub code: String,
+    pub value: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UriRow {
+    pub param: &'static str,
+    pub uri: String,
+}
+
+/// A composite parameter's value: a token, then a token, string (normalised, in `code2`),
+/// reference (target, in `code2`), quantity (`system2`/`code2` the unit, `value2`) or date.
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+pub struct CompositeRow {
+    pub param: &'static str,
+    pub system1: String,
+    pub code1: String,
+    pub system2: String,
+    pub code2: String,
+    pub value2: Option<f64>,
+    pub low2: Option<i64>,
+    pub high2: Option<i64>,
+}
+
+macro_rules! new_row {
+    ($name:ident, $table:ident { $($field:ident : $ty:ty),* }) => {
+        #[derive(Insertable)]
+        #[diesel(table_name = $table)]
+        struct $name<'a> {
+            resource_pk: i64,
+            res_type: &'a str,
+            param: &'a str,
+            $($field: $ty,)*
+        }
+    };
+}
+
+new_row!(NewToken, ix_token { system: &'a str, code: &'a str });
+new_row!(NewString, ix_string { norm: &'a str, exact: &'a str });
+new_row!(NewReference, ix_reference { target: &'a str });
+new_row!(
+    NewDate,
+    ix_date {
+        low: i64,
+        high: i64
+    }
+);
+new_row!(NewNumber, ix_number { value: f64 });
+new_row!(NewQuantity, ix_quantity { system: &'a str, code: &'a str, value: f64 });
+new_row!(NewUri, ix_uri { uri: &'a str });
+new_row!(NewComposite, ix_composite {
+    system1: &'a str, code1: &'a str, system2: &'a str, code2: &'a str,
+    value2: Option<f64>, low2: Option<i64>, high2: Option<i64>
+});
 
 /// Which versions a history interaction lists.
 #[derive(Debug, Clone)]
@@ -139,12 +257,26 @@ macro_rules! batch_insert_versions {
     }};
 }
 
-macro_rules! batch_insert_tokens {
-    ($conn:expr, $rows:expr) => {{
-        for chunk in $rows.chunks(CHUNK) {
-            diesel::insert_into(ix_token::table)
-                .values(chunk)
-                .execute($conn)?;
+/// Inserts index rows: multi-row statements on PostgreSQL, one cached single-row statement a
+/// row on SQLite (see `insert`).
+macro_rules! insert_rows {
+    ($db:expr, $table:ident, $rows:expr) => {{
+        let rows = $rows;
+        if !rows.is_empty() {
+            match $db {
+                Db::Postgres(c) => {
+                    for chunk in rows.chunks(CHUNK) {
+                        diesel::insert_into($table::table)
+                            .values(chunk)
+                            .execute(c)?;
+                    }
+                }
+                Db::Sqlite(c) => {
+                    for r in &rows {
+                        diesel::insert_into($table::table).values(r).execute(c)?;
+                    }
+                }
+            }
         }
     }};
 }
@@ -186,6 +318,10 @@ impl<'c> Session<'c> {
             txid: Some(txid),
             last_pk: Some(last_pk),
         }
+    }
+
+    pub(super) fn db_mut(&mut self) -> &mut Db {
+        self.db
     }
 
     pub fn backend(&self) -> Backend {
@@ -249,14 +385,50 @@ impl<'c> Session<'c> {
         if n != 1 {
             return Err(StoreError::Conflict);
         }
-        diesel::delete(ix_token::table.filter(ix_token::resource_pk.eq(pk))).execute(self.db)?;
+        self.drop_index_rows(pk)
+    }
+
+    /// Deletes the index rows of a version.
+    pub fn drop_index_rows(&mut self, pk: i64) -> Result<()> {
+        match self.db {
+            // One round trip for the eight tables.
+            Db::Postgres(c) => {
+                diesel::sql_query(
+                    "WITH a AS (DELETE FROM ix_token WHERE resource_pk = $1), \
+                     b AS (DELETE FROM ix_string WHERE resource_pk = $1), \
+                     c AS (DELETE FROM ix_reference WHERE resource_pk = $1), \
+                     d AS (DELETE FROM ix_date WHERE resource_pk = $1), \
+                     e AS (DELETE FROM ix_number WHERE resource_pk = $1), \
+                     f AS (DELETE FROM ix_quantity WHERE resource_pk = $1), \
+                     g AS (DELETE FROM ix_uri WHERE resource_pk = $1) \
+                     DELETE FROM ix_composite WHERE resource_pk = $1",
+                )
+                .bind::<BigInt, _>(pk)
+                .execute(c)?;
+            }
+            Db::Sqlite(c) => {
+                diesel::delete(ix_token::table.filter(ix_token::resource_pk.eq(pk))).execute(c)?;
+                diesel::delete(ix_string::table.filter(ix_string::resource_pk.eq(pk)))
+                    .execute(c)?;
+                diesel::delete(ix_reference::table.filter(ix_reference::resource_pk.eq(pk)))
+                    .execute(c)?;
+                diesel::delete(ix_date::table.filter(ix_date::resource_pk.eq(pk))).execute(c)?;
+                diesel::delete(ix_number::table.filter(ix_number::resource_pk.eq(pk)))
+                    .execute(c)?;
+                diesel::delete(ix_quantity::table.filter(ix_quantity::resource_pk.eq(pk)))
+                    .execute(c)?;
+                diesel::delete(ix_uri::table.filter(ix_uri::resource_pk.eq(pk))).execute(c)?;
+                diesel::delete(ix_composite::table.filter(ix_composite::resource_pk.eq(pk)))
+                    .execute(c)?;
+            }
+        }
         Ok(())
     }
 
-    /// Inserts new current versions with their token rows; returns their primary keys.
+    /// Inserts new current versions with their index rows; returns their primary keys.
     /// Multi-row statements (diesel's MultiConnection has no batch insert, so this one query is
     /// spelled out for each engine by a macro: the same code, compiled twice).
-    pub fn insert(&mut self, versions: &[(NewVersion<'_>, Vec<TokenRow>)]) -> Result<Vec<i64>> {
+    pub fn insert(&mut self, versions: &[(NewVersion<'_>, IndexRows)]) -> Result<Vec<i64>> {
         let rows: Vec<&NewVersion<'_>> = versions.iter().map(|(v, _)| v).collect();
         let pks: Vec<i64> = match self.db {
             Db::Postgres(c) => batch_insert_versions!(c, &rows),
@@ -284,29 +456,74 @@ impl<'c> Session<'c> {
                 pks
             }
         };
-        let mut tokens = Vec::new();
-        for ((v, toks), pk) in versions.iter().zip(&pks) {
-            for t in toks {
-                tokens.push(NewToken {
-                    resource_pk: *pk,
-                    res_type: v.res_type,
-                    param: t.param,
-                    system: &t.system,
-                    code: &t.code,
-                });
-            }
-        }
-        if !tokens.is_empty() {
-            match self.db {
-                Db::Postgres(c) => batch_insert_tokens!(c, &tokens),
-                Db::Sqlite(c) => {
-                    for t in &tokens {
-                        diesel::insert_into(ix_token::table).values(t).execute(c)?;
-                    }
-                }
-            }
-        }
+        self.insert_index_rows(
+            versions
+                .iter()
+                .zip(&pks)
+                .map(|((v, ix), pk)| (*pk, v.res_type, ix)),
+        )?;
         Ok(pks)
+    }
+
+    /// Writes the index rows of versions (by primary key and type).
+    pub fn insert_index_rows<'r>(
+        &mut self,
+        rows: impl Iterator<Item = (i64, &'r str, &'r IndexRows)> + Clone,
+    ) -> Result<()> {
+        macro_rules! collect {
+            ($field:ident, $new:ident, |$r:ident| { $($f:ident : $e:expr),* }) => {
+                rows.clone()
+                    .flat_map(|(pk, ty, ix)| ix.$field.iter().map(move |$r| $new {
+                        resource_pk: pk,
+                        res_type: ty,
+                        param: $r.param,
+                        $($f: $e,)*
+                    }))
+                    .collect::<Vec<_>>()
+            };
+        }
+        insert_rows!(
+            self.db,
+            ix_token,
+            collect!(tokens, NewToken, |r| { system: &r.system, code: &r.code })
+        );
+        insert_rows!(
+            self.db,
+            ix_string,
+            collect!(strings, NewString, |r| { norm: &r.norm, exact: &r.exact })
+        );
+        insert_rows!(
+            self.db,
+            ix_reference,
+            collect!(references, NewReference, |r| { target: &r.target })
+        );
+        insert_rows!(
+            self.db,
+            ix_date,
+            collect!(dates, NewDate, |r| { low: r.low, high: r.high })
+        );
+        insert_rows!(
+            self.db,
+            ix_number,
+            collect!(numbers, NewNumber, |r| { value: r.value })
+        );
+        insert_rows!(
+            self.db,
+            ix_quantity,
+            collect!(quantities, NewQuantity, |r| {
+                system: &r.system, code: &r.code, value: r.value
+            })
+        );
+        insert_rows!(self.db, ix_uri, collect!(uris, NewUri, |r| { uri: &r.uri }));
+        insert_rows!(
+            self.db,
+            ix_composite,
+            collect!(composites, NewComposite, |r| {
+                system1: &r.system1, code1: &r.code1, system2: &r.system2, code2: &r.code2,
+                value2: r.value2, low2: r.low2, high2: r.high2
+            })
+        );
+        Ok(())
     }
 
     /// Ids of live (not deleted) resources of a type with a token: `system|code`, or any system.

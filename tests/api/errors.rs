@@ -166,13 +166,19 @@ async fn http_errors_are_outcomes_too(app: TestApp) {
     app.get("Patient/_history?colour=blue")
         .await
         .assert_outcome(400);
-    // Unsupported search parameter, and conditional criteria it cannot evaluate.
-    app.get("Patient?colour=blue").await.assert_outcome(400);
+    // An unknown search parameter with strict handling, and conditional criteria it cannot
+    // evaluate (conditions are always strict: ignoring a criterion would match too much).
+    app.send(
+        app.request(Method::GET, "Patient?colour=blue")
+            .header("prefer", "handling=strict"),
+    )
+    .await
+    .assert_outcome(400);
     let c = app
         .send(
             app.request(Method::POST, "Patient")
                 .header("content-type", "application/fhir+json")
-                .header("if-none-exist", "name=An")
+                .header("if-none-exist", "colour=blue")
                 .body(patient("001090000012").to_string()),
         )
         .await;

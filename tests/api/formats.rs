@@ -136,7 +136,27 @@ async fn metadata_is_a_capability_statement_of_all_types(app: TestApp) {
         .iter()
         .map(|i| i["code"].as_str().unwrap())
         .collect();
-    assert_eq!(sys, vec!["transaction", "batch", "history-system"]);
+    assert_eq!(
+        sys,
+        vec!["search-system", "transaction", "batch", "history-system"]
+    );
+    // Search parameters are listed from the definitions, per type.
+    let params: Vec<&str> = patient["searchParam"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for p in [
+        "_id",
+        "_lastUpdated",
+        "name",
+        "birthdate",
+        "identifier",
+        "general-practitioner",
+    ] {
+        assert!(params.contains(&p), "{p}");
+    }
     let x = app.get("metadata?_format=xml").await;
     assert!(x.body.contains("<CapabilityStatement"), "{}", x.body);
 }

@@ -11,3 +11,4 @@ mod examples;
 mod formats;
 mod history;
 mod ops;
+mod search;

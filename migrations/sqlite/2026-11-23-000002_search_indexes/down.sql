@@ -1,0 +1,9 @@
+DROP TABLE yba_meta;
+DROP TABLE ix_composite;
+DROP TABLE ix_uri;
+DROP TABLE ix_quantity;
+DROP TABLE ix_number;
+DROP TABLE ix_date;
+DROP TABLE ix_reference;
+DROP TABLE ix_string;
+DROP INDEX resource_version_type_pk;

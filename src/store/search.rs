@@ -1,0 +1,1193 @@
+//! Search as SQL: a search's criteria (already parsed and typed by `fhir::search`) become one
+//! statement over the index tables, every value a bound parameter — never SQL text.
+//!
+//! Each criterion is a semi-join `pk IN (SELECT resource_pk FROM ix_… WHERE res_type = ? AND
+//! param = ? AND …)`, which both engines drive from the `(res_type, param, value)` index; chains
+//! nest the same shape over the target type, and `_has` turns it around.
+
+use diesel::QueryableByName;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Double, Text};
+
+use super::session::Session;
+use super::{Db, StoreError};
+
+/// How a date, number or quantity compares with a search value (R4 §3.1.1.4.1 prefixes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefix {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+    Sa,
+    Eb,
+    Ap,
+}
+
+/// A condition on the index rows of one parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cond {
+    /// `code`, `system|code`, `|code` (system ''), `system|` (code None).
+    Token {
+        system: Option<String>,
+        code: Option<String>,
+    },
+    /// Normalised prefix (the default string match).
+    StringStarts(String),
+    /// The exact value (`:exact`); `norm` is its normalised form, for the index.
+    StringExact {
+        norm: String,
+        exact: String,
+    },
+    /// Normalised substring (`:contains`).
+    StringContains(String),
+    /// Any of these reference targets (`Type/id` or URLs).
+    Reference(Vec<String>),
+    /// The instant range `[low, high)` of the search value.
+    Date {
+        prefix: Prefix,
+        low: i64,
+        high: i64,
+    },
+    /// A number: `value` as given, `[low, high)` its implicit precision range.
+    Number {
+        prefix: Prefix,
+        value: f64,
+        low: f64,
+        high: f64,
+    },
+    Quantity {
+        prefix: Prefix,
+        value: f64,
+        low: f64,
+        high: f64,
+        system: Option<String>,
+        code: Option<String>,
+    },
+    UriEq(String),
+    /// `:below`: the value and every URI under it.
+    UriBelow(String),
+    /// `:above`: any of these (the value and its parents).
+    UriAbove(Vec<String>),
+    /// A composite `token$value`: the first component a token, the second by its own condition
+    /// (Token, StringStarts, Reference, Date, Quantity).
+    Composite {
+        system1: Option<String>,
+        code1: String,
+        second: Box<Cond>,
+    },
+}
+
+/// The index table a parameter type's rows live in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexTable {
+    String,
+    Token,
+    Reference,
+    Date,
+    Number,
+    Quantity,
+    Uri,
+    Composite,
+}
+
+impl IndexTable {
+    fn name(self) -> &'static str {
+        match self {
+            IndexTable::String => "ix_string",
+            IndexTable::Token => "ix_token",
+            IndexTable::Reference => "ix_reference",
+            IndexTable::Date => "ix_date",
+            IndexTable::Number => "ix_number",
+            IndexTable::Quantity => "ix_quantity",
+            IndexTable::Uri => "ix_uri",
+            IndexTable::Composite => "ix_composite",
+        }
+    }
+}
+
+impl Cond {
+    fn table(&self) -> IndexTable {
+        match self {
+            Cond::Token { .. } => IndexTable::Token,
+            Cond::StringStarts(_) | Cond::StringExact { .. } | Cond::StringContains(_) => {
+                IndexTable::String
+            }
+            Cond::Reference(_) => IndexTable::Reference,
+            Cond::Date { .. } => IndexTable::Date,
+            Cond::Number { .. } => IndexTable::Number,
+            Cond::Quantity { .. } => IndexTable::Quantity,
+            Cond::UriEq(_) | Cond::UriBelow(_) | Cond::UriAbove(_) => IndexTable::Uri,
+            Cond::Composite { .. } => IndexTable::Composite,
+        }
+    }
+}
+
+/// One criterion of a search. A search is the AND of its filters.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Filter {
+    /// Some index row of `param` meets any of the conditions (comma = OR).
+    Any { param: String, conds: Vec<Cond> },
+    /// No index row of `param` meets any of the conditions (`:not`).
+    None { param: String, conds: Vec<Cond> },
+    /// `:missing`: the resource has (false) or has no (true) value for the parameter.
+    Missing {
+        param: String,
+        table: IndexTable,
+        missing: bool,
+    },
+    /// `_id`: one of these ids.
+    Id(Vec<String>),
+    /// `_lastUpdated`: any of these conditions (Date conditions).
+    LastUpdated(Vec<Cond>),
+    /// A chain: the reference `param` points at a resource of one of `types` meeting `filters`.
+    Chain {
+        param: String,
+        types: Vec<String>,
+        filters: Vec<Filter>,
+    },
+    /// `_has`: some resource of `source_type` meeting `filters` points here through `param`.
+    Has {
+        source_type: String,
+        param: String,
+        filters: Vec<Filter>,
+    },
+    /// A compartment (R4 §3.1.0.4.1): the resource `Type/id` itself, and every resource with
+    /// a reference to it.
+    Compartment { ty: String, id: String },
+    /// Matches nothing (a value that can never match, such as a reference to an unknown type).
+    Nothing,
+}
+
+/// A search to run: the resource types, the criteria, and the page wanted.
+#[derive(Debug, Clone)]
+pub struct SearchQuery {
+    /// The types searched (one for a type-level search; several or none for `_type` at system
+    /// level: none means every type).
+    pub types: Vec<String>,
+    pub filters: Vec<Filter>,
+    /// Keyset paging on the primary key: rows after (forward) or before (backward) this one.
+    pub after: Option<i64>,
+    pub before: Option<i64>,
+    pub limit: i64,
+    /// `_sort` keys; primary key order follows them (and alone orders an unsorted search).
+    pub sort: Vec<SortKey>,
+    /// Sorted paging: continue after the row with these sort values and primary key.
+    pub sort_after: Option<(Vec<SortValue>, i64)>,
+}
+
+/// What a search sorts by.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SortBy {
+    Id,
+    LastUpdated,
+    /// The least (ascending) or greatest (descending) value of a parameter's index rows.
+    Index {
+        table: IndexTable,
+        param: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SortKey {
+    pub by: SortBy,
+    pub desc: bool,
+}
+
+/// The value of a sort key in a row (paging cursors carry them).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SortValue {
+    Null,
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+/// The kind of value a sort key holds.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Text,
+    Int,
+    Float,
+}
+
+impl SortBy {
+    fn kind(&self) -> Kind {
+        match self {
+            SortBy::Id => Kind::Text,
+            SortBy::LastUpdated => Kind::Int,
+            SortBy::Index { table, .. } => match table {
+                IndexTable::Date => Kind::Int,
+                IndexTable::Number | IndexTable::Quantity => Kind::Float,
+                _ => Kind::Text,
+            },
+        }
+    }
+}
+
+#[derive(QueryableByName)]
+struct TextVal {
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    v: Option<String>,
+}
+
+#[derive(QueryableByName)]
+struct IntVal {
+    #[diesel(sql_type = diesel::sql_types::Nullable<BigInt>)]
+    v: Option<i64>,
+}
+
+#[derive(QueryableByName)]
+struct FloatVal {
+    #[diesel(sql_type = diesel::sql_types::Nullable<Double>)]
+    v: Option<f64>,
+}
+
+/// A row a search returns.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct Found {
+    #[diesel(sql_type = BigInt)]
+    pub pk: i64,
+    #[diesel(sql_type = Text)]
+    pub res_type: String,
+    #[diesel(sql_type = Text)]
+    pub res_id: String,
+    #[diesel(sql_type = BigInt)]
+    pub version: i64,
+    #[diesel(sql_type = BigInt)]
+    pub last_updated: i64,
+    #[diesel(sql_type = Text)]
+    pub body: String,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct Target {
+    #[diesel(sql_type = BigInt)]
+    resource_pk: i64,
+    #[diesel(sql_type = Text)]
+    target: String,
+}
+
+/// A bound value.
+#[derive(Debug, Clone)]
+enum Bind {
+    Text(String),
+    Int(i64),
+    Float(f64),
+}
+
+/// SQL text with its bound values, placeholders in the engine's syntax.
+struct Sql {
+    text: String,
+    binds: Vec<Bind>,
+    postgres: bool,
+    /// Aliases handed out so far (nested subqueries get their own).
+    aliases: usize,
+}
+
+impl Sql {
+    fn new(postgres: bool) -> Sql {
+        Sql {
+            text: String::with_capacity(512),
+            binds: Vec::new(),
+            postgres,
+            aliases: 0,
+        }
+    }
+
+    fn push(&mut self, s: &str) -> &mut Sql {
+        self.text.push_str(s);
+        self
+    }
+
+    fn bind(&mut self, b: Bind) -> &mut Sql {
+        self.binds.push(b);
+        if self.postgres {
+            self.text.push('$');
+            self.text.push_str(&self.binds.len().to_string());
+        } else {
+            self.text.push('?');
+        }
+        self
+    }
+
+    fn text(&mut self, s: &str) -> &mut Sql {
+        self.bind(Bind::Text(s.to_string()))
+    }
+
+    fn int(&mut self, i: i64) -> &mut Sql {
+        self.bind(Bind::Int(i))
+    }
+
+    fn float(&mut self, f: f64) -> &mut Sql {
+        self.bind(Bind::Float(f))
+    }
+
+    fn list(&mut self, items: &[String]) -> &mut Sql {
+        self.push("(");
+        for (i, s) in items.iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.text(s);
+        }
+        self.push(")")
+    }
+
+    fn alias(&mut self, prefix: &str) -> String {
+        self.aliases += 1;
+        format!("{prefix}{}", self.aliases)
+    }
+
+    /// `col = ?` for one type, `col IN (...)` for several, nothing for none.
+    fn types(&mut self, col: &str, types: &[String]) {
+        match types {
+            [] => {}
+            [t] => {
+                self.push(" AND ").push(col).push(" = ").text(t);
+            }
+            many => {
+                self.push(" AND ").push(col).push(" IN ");
+                self.list(many);
+            }
+        }
+    }
+
+    /// The filters on the resource rows aliased `a`, of the given types.
+    fn filters(&mut self, a: &str, types: &[String], filters: &[Filter]) {
+        for f in filters {
+            self.push(" AND ");
+            self.filter(a, types, f);
+        }
+    }
+
+    fn index_subquery(&mut self, types: &[String], param: &str, table: IndexTable) -> String {
+        let x = self.alias("x");
+        self.push("(SELECT ")
+            .push(&x)
+            .push(".resource_pk FROM ")
+            .push(table.name())
+            .push(" ")
+            .push(&x)
+            .push(" WHERE ")
+            .push(&x)
+            .push(".param = ")
+            .text(param);
+        self.types(&format!("{x}.res_type"), types);
+        x
+    }
+
+    fn filter(&mut self, a: &str, types: &[String], f: &Filter) {
+        match f {
+            Filter::Any { param, conds } | Filter::None { param, conds } => {
+                let negated = matches!(f, Filter::None { .. });
+                // Conditions on different tables cannot share a subquery; R4 values of one
+                // parameter always share one, so group by table.
+                self.push("(");
+                let mut first = true;
+                for table in tables_of(conds) {
+                    if !first {
+                        self.push(if negated { " AND " } else { " OR " });
+                    }
+                    first = false;
+                    self.push(a)
+                        .push(if negated { ".pk NOT IN " } else { ".pk IN " });
+                    let x = self.index_subquery(types, param, table);
+                    self.push(" AND (");
+                    let mut first_cond = true;
+                    for c in conds.iter().filter(|c| c.table() == table) {
+                        if !first_cond {
+                            self.push(" OR ");
+                        }
+                        first_cond = false;
+                        self.push("(");
+                        self.cond(&x, c);
+                        self.push(")");
+                    }
+                    self.push("))");
+                }
+                if first {
+                    self.push(if negated { "1 = 1" } else { "1 = 0" });
+                }
+                self.push(")");
+            }
+            Filter::Missing {
+                param,
+                table,
+                missing,
+            } => {
+                self.push(a)
+                    .push(if *missing { ".pk NOT IN " } else { ".pk IN " });
+                self.index_subquery(types, param, *table);
+                self.push(")");
+            }
+            Filter::Id(ids) => {
+                self.push(a).push(".res_id IN ");
+                self.list(ids);
+            }
+            Filter::LastUpdated(conds) => {
+                self.push("(");
+                for (i, c) in conds.iter().enumerate() {
+                    if i > 0 {
+                        self.push(" OR ");
+                    }
+                    if let Cond::Date { prefix, low, high } = c {
+                        // A lastUpdated is an instant: the range of one millisecond.
+                        let col = format!("{a}.last_updated");
+                        let hi = format!("({a}.last_updated + 1)");
+                        self.push("(");
+                        self.date(&col, &hi, *prefix, *low, *high);
+                        self.push(")");
+                    } else {
+                        self.push("1 = 0");
+                    }
+                }
+                if conds.is_empty() {
+                    self.push("1 = 0");
+                }
+                self.push(")");
+            }
+            Filter::Chain {
+                param,
+                types: targets,
+                filters,
+            } => {
+                let r = self.alias("r");
+                let t = self.alias("t");
+                self.push(a)
+                    .push(".pk IN (SELECT ")
+                    .push(&r)
+                    .push(".resource_pk FROM ix_reference ")
+                    .push(&r)
+                    .push(" WHERE ")
+                    .push(&r)
+                    .push(".param = ")
+                    .text(param);
+                self.types(&format!("{r}.res_type"), types);
+                self.push(" AND ")
+                    .push(&r)
+                    .push(".target IN (SELECT ")
+                    .push(&t)
+                    .push(".res_type || '/' || ")
+                    .push(&t)
+                    .push(".res_id FROM resource_version ")
+                    .push(&t)
+                    .push(" WHERE ")
+                    .push(&t)
+                    .push(".is_current AND NOT ")
+                    .push(&t)
+                    .push(".deleted");
+                self.types(&format!("{t}.res_type"), targets);
+                self.filters(&t, targets, filters);
+                self.push("))");
+            }
+            Filter::Has {
+                source_type,
+                param,
+                filters,
+            } => {
+                let r = self.alias("r");
+                let s = self.alias("s");
+                let src = [source_type.clone()];
+                self.push("(")
+                    .push(a)
+                    .push(".res_type || '/' || ")
+                    .push(a)
+                    .push(".res_id) IN (SELECT ")
+                    .push(&r)
+                    .push(".target FROM ix_reference ")
+                    .push(&r)
+                    .push(" WHERE ")
+                    .push(&r)
+                    .push(".param = ")
+                    .text(param);
+                self.types(&format!("{r}.res_type"), &src);
+                self.push(" AND ")
+                    .push(&r)
+                    .push(".resource_pk IN (SELECT ")
+                    .push(&s)
+                    .push(".pk FROM resource_version ")
+                    .push(&s)
+                    .push(" WHERE ")
+                    .push(&s)
+                    .push(".is_current AND NOT ")
+                    .push(&s)
+                    .push(".deleted");
+                self.types(&format!("{s}.res_type"), &src);
+                self.filters(&s, &src, filters);
+                self.push("))");
+            }
+            Filter::Compartment { ty, id } => {
+                let x = self.alias("x");
+                self.push("(")
+                    .push(a)
+                    .push(".pk IN (SELECT ")
+                    .push(&x)
+                    .push(".resource_pk FROM ix_reference ")
+                    .push(&x)
+                    .push(" WHERE ")
+                    .push(&x)
+                    .push(".target = ")
+                    .text(&format!("{ty}/{id}"))
+                    .push(") OR (")
+                    .push(a)
+                    .push(".res_type = ")
+                    .text(ty)
+                    .push(" AND ")
+                    .push(a)
+                    .push(".res_id = ")
+                    .text(id)
+                    .push("))");
+            }
+            Filter::Nothing => {
+                self.push("1 = 0");
+            }
+        }
+    }
+
+    /// A date comparison of the row range `[lo, hi)` with the search range `[low, high)`
+    /// (R4 §3.1.1.4.1: eq means the search range contains the row's, gt that the row's range
+    /// reaches above the search range, and so on).
+    fn date(&mut self, lo: &str, hi: &str, prefix: Prefix, low: i64, high: i64) {
+        match prefix {
+            Prefix::Eq => {
+                self.push(lo)
+                    .push(" >= ")
+                    .int(low)
+                    .push(" AND ")
+                    .push(hi)
+                    .push(" <= ")
+                    .int(high);
+            }
+            Prefix::Ne => {
+                self.push("NOT (").push(lo).push(" >= ").int(low);
+                self.push(" AND ").push(hi).push(" <= ").int(high).push(")");
+            }
+            Prefix::Gt => {
+                self.push(hi).push(" > ").int(high);
+            }
+            Prefix::Lt => {
+                self.push(lo).push(" < ").int(low);
+            }
+            Prefix::Ge => {
+                self.push(hi)
+                    .push(" > ")
+                    .int(high)
+                    .push(" OR (")
+                    .push(lo)
+                    .push(" >= ")
+                    .int(low);
+                self.push(" AND ").push(hi).push(" <= ").int(high).push(")");
+            }
+            Prefix::Le => {
+                self.push(lo)
+                    .push(" < ")
+                    .int(low)
+                    .push(" OR (")
+                    .push(lo)
+                    .push(" >= ")
+                    .int(low);
+                self.push(" AND ").push(hi).push(" <= ").int(high).push(")");
+            }
+            Prefix::Sa => {
+                self.push(lo).push(" >= ").int(high);
+            }
+            Prefix::Eb => {
+                self.push(hi).push(" <= ").int(low);
+            }
+            Prefix::Ap => {
+                // Approximately: overlapping the search range widened by a tenth of its
+                // distance from now (at least a day), as HAPI does.
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0);
+                let gap = ((now - low).abs() / 10).max(86_400_000);
+                self.push(lo).push(" < ").int(high.saturating_add(gap));
+                self.push(" AND ")
+                    .push(hi)
+                    .push(" > ")
+                    .int(low.saturating_sub(gap));
+            }
+        }
+    }
+
+    fn number(&mut self, col: &str, prefix: Prefix, value: f64, low: f64, high: f64) {
+        match prefix {
+            Prefix::Eq => {
+                self.push(col)
+                    .push(" >= ")
+                    .float(low)
+                    .push(" AND ")
+                    .push(col)
+                    .push(" < ")
+                    .float(high);
+            }
+            Prefix::Ne => {
+                self.push("NOT (").push(col).push(" >= ").float(low);
+                self.push(" AND ")
+                    .push(col)
+                    .push(" < ")
+                    .float(high)
+                    .push(")");
+            }
+            Prefix::Gt | Prefix::Sa => {
+                self.push(col).push(" > ").float(value);
+            }
+            Prefix::Lt | Prefix::Eb => {
+                self.push(col).push(" < ").float(value);
+            }
+            Prefix::Ge => {
+                self.push(col).push(" >= ").float(value);
+            }
+            Prefix::Le => {
+                self.push(col).push(" <= ").float(value);
+            }
+            Prefix::Ap => {
+                // Within 10% of the value (R4 recommends 10%).
+                let d = (value * 0.1).abs();
+                self.push(col).push(" >= ").float(value - d);
+                self.push(" AND ").push(col).push(" <= ").float(value + d);
+            }
+        }
+    }
+
+    fn cond(&mut self, x: &str, c: &Cond) {
+        let col = |c: &str| format!("{x}.{c}");
+        match c {
+            Cond::Token { system, code } => {
+                let mut and = false;
+                if let Some(code) = code {
+                    self.push(&col("code")).push(" = ").text(code);
+                    and = true;
+                }
+                if let Some(system) = system {
+                    if and {
+                        self.push(" AND ");
+                    }
+                    self.push(&col("system")).push(" = ").text(system);
+                    and = true;
+                }
+                if !and {
+                    self.push("1 = 1");
+                }
+            }
+            Cond::StringStarts(p) => {
+                self.push(&col("norm")).push(" >= ").text(p);
+                let mut upper = p.clone();
+                upper.push(char::MAX);
+                self.push(" AND ")
+                    .push(&col("norm"))
+                    .push(" < ")
+                    .text(&upper);
+            }
+            Cond::StringExact { norm, exact } => {
+                self.push(&col("norm")).push(" = ").text(norm);
+                self.push(" AND ")
+                    .push(&col("exact"))
+                    .push(" = ")
+                    .text(exact);
+            }
+            Cond::StringContains(p) => {
+                let escaped = p
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_");
+                self.push(&col("norm"))
+                    .push(" LIKE ")
+                    .text(&format!("%{escaped}%"))
+                    .push(" ESCAPE '\\'");
+            }
+            Cond::Reference(targets) => {
+                if let [one] = targets.as_slice() {
+                    self.push(&col("target")).push(" = ").text(one);
+                } else {
+                    self.push(&col("target")).push(" IN ");
+                    self.list(targets);
+                }
+            }
+            Cond::Date { prefix, low, high } => {
+                self.date(&col("low"), &col("high"), *prefix, *low, *high);
+            }
+            Cond::Number {
+                prefix,
+                value,
+                low,
+                high,
+            } => self.number(&col("value"), *prefix, *value, *low, *high),
+            Cond::Quantity {
+                prefix,
+                value,
+                low,
+                high,
+                system,
+                code,
+            } => {
+                self.push("(");
+                self.number(&col("value"), *prefix, *value, *low, *high);
+                self.push(")");
+                if let Some(s) = system {
+                    self.push(" AND ").push(&col("system")).push(" = ").text(s);
+                }
+                if let Some(c) = code {
+                    self.push(" AND ").push(&col("code")).push(" = ").text(c);
+                }
+            }
+            Cond::UriEq(u) => {
+                self.push(&col("uri")).push(" = ").text(u);
+            }
+            Cond::UriBelow(u) => {
+                let mut upper = u.clone();
+                upper.push(char::MAX);
+                self.push(&col("uri")).push(" >= ").text(u);
+                self.push(" AND ")
+                    .push(&col("uri"))
+                    .push(" < ")
+                    .text(&upper);
+            }
+            Cond::UriAbove(list) => {
+                self.push(&col("uri")).push(" IN ");
+                self.list(list);
+            }
+            Cond::Composite {
+                system1,
+                code1,
+                second,
+            } => {
+                self.push(&col("code1")).push(" = ").text(code1);
+                if let Some(s) = system1 {
+                    self.push(" AND ").push(&col("system1")).push(" = ").text(s);
+                }
+                self.push(" AND ");
+                match &**second {
+                    Cond::Token { system, code } => {
+                        self.push(&col("value2"))
+                            .push(" IS NULL AND ")
+                            .push(&col("low2"));
+                        self.push(" IS NULL");
+                        if let Some(code) = code {
+                            self.push(" AND ")
+                                .push(&col("code2"))
+                                .push(" = ")
+                                .text(code);
+                        }
+                        if let Some(s) = system {
+                            self.push(" AND ").push(&col("system2")).push(" = ").text(s);
+                        }
+                    }
+                    Cond::StringStarts(p) => {
+                        let mut upper = p.clone();
+                        upper.push(char::MAX);
+                        self.push(&col("code2")).push(" >= ").text(p);
+                        self.push(" AND ")
+                            .push(&col("code2"))
+                            .push(" < ")
+                            .text(&upper);
+                    }
+                    Cond::Reference(targets) => {
+                        self.push(&col("code2")).push(" IN ");
+                        self.list(targets);
+                    }
+                    Cond::Date { prefix, low, high } => {
+                        self.date(&col("low2"), &col("high2"), *prefix, *low, *high);
+                    }
+                    Cond::Quantity {
+                        prefix,
+                        value,
+                        low,
+                        high,
+                        system,
+                        code,
+                    } => {
+                        self.push("(");
+                        self.number(&col("value2"), *prefix, *value, *low, *high);
+                        self.push(")");
+                        if let Some(s) = system {
+                            self.push(" AND ").push(&col("system2")).push(" = ").text(s);
+                        }
+                        if let Some(c) = code {
+                            self.push(" AND ").push(&col("code2")).push(" = ").text(c);
+                        }
+                    }
+                    _ => {
+                        self.push("1 = 0");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The SQL of a sort key for the row aliased `a`.
+    fn sort_expr(&mut self, a: &str, key: &SortKey) {
+        match &key.by {
+            SortBy::Id => {
+                self.push(a).push(".res_id");
+            }
+            SortBy::LastUpdated => {
+                self.push(a).push(".last_updated");
+            }
+            SortBy::Index { table, param } => {
+                let col = match table {
+                    IndexTable::String => "norm",
+                    IndexTable::Token => "code",
+                    IndexTable::Reference => "target",
+                    IndexTable::Date => "low",
+                    IndexTable::Number | IndexTable::Quantity => "value",
+                    IndexTable::Uri => "uri",
+                    IndexTable::Composite => "code1",
+                };
+                let agg = if key.desc { "MAX" } else { "MIN" };
+                let x = self.alias("x");
+                self.push("(SELECT ")
+                    .push(agg)
+                    .push("(")
+                    .push(&x)
+                    .push(".")
+                    .push(col)
+                    .push(") FROM ")
+                    .push(table.name())
+                    .push(" ")
+                    .push(&x)
+                    .push(" WHERE ")
+                    .push(&x)
+                    .push(".resource_pk = ")
+                    .push(a)
+                    .push(".pk AND ")
+                    .push(&x)
+                    .push(".param = ")
+                    .text(param)
+                    .push(")");
+            }
+        }
+    }
+
+    fn sort_value(&mut self, key: &SortKey, v: &SortValue) {
+        match (key.by.kind(), v) {
+            (Kind::Int, SortValue::Int(i)) => {
+                self.int(*i);
+            }
+            (Kind::Float, SortValue::Float(f)) => {
+                self.float(*f);
+            }
+            (Kind::Float, SortValue::Int(i)) => {
+                self.float(*i as f64);
+            }
+            (_, SortValue::Text(t)) => {
+                self.text(t);
+            }
+            _ => {
+                self.push("NULL");
+            }
+        }
+    }
+
+    /// Rows after `(values, pk)` in the order of `keys` (missing values last in both
+    /// directions), on the outer query's columns `q.s0, q.s1, ...`.
+    fn keyset(&mut self, keys: &[SortKey], values: &[SortValue], pk: i64) {
+        self.push("(");
+        for i in 0..=keys.len() {
+            if i > 0 {
+                self.push(" OR ");
+            }
+            self.push("(1 = 1");
+            for (j, v) in values.iter().enumerate().take(i) {
+                if *v == SortValue::Null {
+                    self.push(&format!(" AND q.s{j} IS NULL"));
+                } else {
+                    self.push(&format!(" AND q.s{j} = "));
+                    self.sort_value(&keys[j], v);
+                }
+            }
+            if i == keys.len() {
+                self.push(" AND q.pk > ").int(pk);
+            } else {
+                match values.get(i) {
+                    None | Some(SortValue::Null) => {
+                        self.push(" AND 1 = 0");
+                    }
+                    Some(v) => {
+                        let op = if keys[i].desc { "<" } else { ">" };
+                        self.push(&format!(" AND (q.s{i} {op} "));
+                        self.sort_value(&keys[i], v);
+                        self.push(&format!(" OR q.s{i} IS NULL)"));
+                    }
+                }
+            }
+            self.push(")");
+        }
+        self.push(")");
+    }
+
+    fn load<U>(self, db: &mut Db) -> Result<Vec<U>, StoreError>
+    where
+        U: QueryableByName<diesel::pg::Pg> + QueryableByName<diesel::sqlite::Sqlite> + 'static,
+    {
+        macro_rules! run {
+            ($conn:expr, $backend:ty) => {{
+                let mut q = diesel::sql_query(self.text).into_boxed::<$backend>();
+                for b in self.binds {
+                    q = match b {
+                        Bind::Text(s) => q.bind::<Text, _>(s),
+                        Bind::Int(i) => q.bind::<BigInt, _>(i),
+                        Bind::Float(f) => q.bind::<Double, _>(f),
+                    };
+                }
+                q.load::<U>($conn)?
+            }};
+        }
+        Ok(match db {
+            Db::Postgres(c) => run!(c, diesel::pg::Pg),
+            Db::Sqlite(c) => run!(c, diesel::sqlite::Sqlite),
+        })
+    }
+}
+
+/// The tables a list of conditions touches, in first-seen order.
+fn tables_of(conds: &[Cond]) -> Vec<IndexTable> {
+    let mut out: Vec<IndexTable> = Vec::new();
+    for c in conds {
+        let t = c.table();
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    out
+}
+
+impl Session<'_> {
+    fn sql(&self) -> Sql {
+        Sql::new(self.backend() == super::Backend::Postgres)
+    }
+
+    fn search_where(sql: &mut Sql, q: &SearchQuery) {
+        sql.push(" FROM resource_version rv WHERE rv.is_current AND NOT rv.deleted");
+        sql.types("rv.res_type", &q.types);
+        sql.filters("rv", &q.types, &q.filters);
+    }
+
+    /// One page of a search, in primary key order (or reversed, for `before`), or in the
+    /// order of its sort keys.
+    pub fn search(&mut self, q: &SearchQuery) -> Result<Vec<Found>, StoreError> {
+        if !q.sort.is_empty() {
+            return self.search_sorted(q);
+        }
+        let mut sql = self.sql();
+        sql.push("SELECT rv.pk, rv.res_type, rv.res_id, rv.version, rv.last_updated, rv.body");
+        Self::search_where(&mut sql, q);
+        if let Some(after) = q.after {
+            sql.push(" AND rv.pk > ").int(after);
+        }
+        if let Some(before) = q.before {
+            sql.push(" AND rv.pk < ").int(before);
+        }
+        sql.push(if q.before.is_some() && q.after.is_none() {
+            " ORDER BY rv.pk DESC LIMIT "
+        } else {
+            " ORDER BY rv.pk LIMIT "
+        });
+        sql.int(q.limit);
+        let mut rows: Vec<Found> = sql.load(self.db_mut())?;
+        if q.before.is_some() && q.after.is_none() {
+            rows.reverse();
+        }
+        Ok(rows)
+    }
+
+    fn search_sorted(&mut self, q: &SearchQuery) -> Result<Vec<Found>, StoreError> {
+        let mut sql = self.sql();
+        sql.push(
+            "SELECT q.pk, q.res_type, q.res_id, q.version, q.last_updated, q.body FROM \
+             (SELECT rv.pk, rv.res_type, rv.res_id, rv.version, rv.last_updated, rv.body",
+        );
+        for (i, key) in q.sort.iter().enumerate() {
+            sql.push(", ");
+            sql.sort_expr("rv", key);
+            sql.push(&format!(" AS s{i}"));
+        }
+        Self::search_where(&mut sql, q);
+        sql.push(") q");
+        if let Some((values, pk)) = &q.sort_after {
+            sql.push(" WHERE ");
+            sql.keyset(&q.sort, values, *pk);
+        }
+        sql.push(" ORDER BY ");
+        for (i, key) in q.sort.iter().enumerate() {
+            let dir = if key.desc { "DESC" } else { "ASC" };
+            sql.push(&format!("q.s{i} {dir} NULLS LAST, "));
+        }
+        sql.push("q.pk LIMIT ").int(q.limit);
+        sql.load(self.db_mut())
+    }
+
+    /// The sort values of one row (for the cursor of the next page).
+    pub fn sort_values(&mut self, pk: i64, keys: &[SortKey]) -> Result<Vec<SortValue>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let mut sql = self.sql();
+            sql.push("SELECT ");
+            sql.sort_expr("rv", key);
+            sql.push(" AS v FROM resource_version rv WHERE rv.pk = ")
+                .int(pk);
+            let v = match key.by.kind() {
+                Kind::Text => sql
+                    .load::<TextVal>(self.db_mut())?
+                    .pop()
+                    .and_then(|r| r.v)
+                    .map(SortValue::Text),
+                Kind::Int => sql
+                    .load::<IntVal>(self.db_mut())?
+                    .pop()
+                    .and_then(|r| r.v)
+                    .map(SortValue::Int),
+                Kind::Float => sql
+                    .load::<FloatVal>(self.db_mut())?
+                    .pop()
+                    .and_then(|r| r.v)
+                    .map(SortValue::Float),
+            };
+            out.push(v.unwrap_or(SortValue::Null));
+        }
+        Ok(out)
+    }
+
+    /// How many resources a search matches in all.
+    pub fn search_count(&mut self, q: &SearchQuery) -> Result<i64, StoreError> {
+        let mut sql = self.sql();
+        sql.push("SELECT COUNT(*) AS n");
+        Self::search_where(&mut sql, q);
+        let rows: Vec<Count> = sql.load(self.db_mut())?;
+        Ok(rows.first().map(|c| c.n).unwrap_or(0))
+    }
+
+    /// Reference targets of some resources (by primary key) through one parameter, or through
+    /// any (`param` None, for `_include=Type:*`).
+    pub fn references_from(
+        &mut self,
+        pks: &[i64],
+        param: Option<&str>,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        if pks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = self.sql();
+        sql.push("SELECT x.resource_pk, x.target FROM ix_reference x WHERE x.resource_pk IN (");
+        for (i, pk) in pks.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.int(*pk);
+        }
+        sql.push(")");
+        if let Some(p) = param {
+            sql.push(" AND x.param = ").text(p);
+        }
+        let rows: Vec<Target> = sql.load(self.db_mut())?;
+        Ok(rows
+            .into_iter()
+            .map(|t| (t.resource_pk, t.target))
+            .collect())
+    }
+
+    /// Current resources of `source_type` that point at any of `targets` through `param` (or
+    /// any parameter), at most `limit`.
+    pub fn referencing(
+        &mut self,
+        source_type: &str,
+        param: Option<&str>,
+        targets: &[String],
+        limit: i64,
+    ) -> Result<Vec<Found>, StoreError> {
+        if targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = self.sql();
+        sql.push(
+            "SELECT rv.pk, rv.res_type, rv.res_id, rv.version, rv.last_updated, rv.body \
+             FROM resource_version rv WHERE rv.is_current AND NOT rv.deleted AND rv.res_type = ",
+        )
+        .text(source_type)
+        .push(" AND rv.pk IN (SELECT x.resource_pk FROM ix_reference x WHERE x.target IN ");
+        sql.list(targets);
+        sql.push(" AND x.res_type = ").text(source_type);
+        if let Some(p) = param {
+            sql.push(" AND x.param = ").text(p);
+        }
+        sql.push(") ORDER BY rv.pk LIMIT ").int(limit);
+        sql.load(self.db_mut())
+    }
+
+    /// Live current versions after a primary key, in key order (for `yba reindex`).
+    pub fn current_after(&mut self, after: i64, limit: i64) -> Result<Vec<Found>, StoreError> {
+        let mut sql = self.sql();
+        sql.push(
+            "SELECT rv.pk, rv.res_type, rv.res_id, rv.version, rv.last_updated, rv.body \
+             FROM resource_version rv WHERE rv.is_current AND NOT rv.deleted AND rv.pk > ",
+        )
+        .int(after)
+        .push(" ORDER BY rv.pk LIMIT ")
+        .int(limit);
+        sql.load(self.db_mut())
+    }
+
+    /// How many live current versions there are.
+    pub fn count_current(&mut self) -> Result<i64, StoreError> {
+        let mut sql = self.sql();
+        sql.push(
+            "SELECT COUNT(*) AS n FROM resource_version rv WHERE rv.is_current AND NOT rv.deleted",
+        );
+        let rows: Vec<Count> = sql.load(self.db_mut())?;
+        Ok(rows.first().map(|c| c.n).unwrap_or(0))
+    }
+
+    /// A fact about the database (`yba_meta`).
+    pub fn meta(&mut self, key: &str) -> Result<Option<String>, StoreError> {
+        use super::schema::yba_meta;
+        Ok(yba_meta::table
+            .filter(yba_meta::key.eq(key))
+            .select(yba_meta::value)
+            .load::<String>(self.db_mut())?
+            .into_iter()
+            .next())
+    }
+
+    /// Records a fact about the database.
+    pub fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
+        use super::schema::yba_meta;
+        diesel::delete(yba_meta::table.filter(yba_meta::key.eq(key))).execute(self.db_mut())?;
+        diesel::insert_into(yba_meta::table)
+            .values((yba_meta::key.eq(key), yba_meta::value.eq(value)))
+            .execute(self.db_mut())?;
+        Ok(())
+    }
+
+    /// Current, live resources by `Type/id`.
+    pub fn fetch_targets(&mut self, targets: &[String]) -> Result<Vec<Found>, StoreError> {
+        let mut by_type: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+        for t in targets {
+            if let Some((ty, id)) = t.split_once('/') {
+                by_type.entry(ty).or_default().push(id.to_string());
+            }
+        }
+        let mut out = Vec::new();
+        for (ty, ids) in by_type {
+            let mut sql = self.sql();
+            sql.push(
+                "SELECT rv.pk, rv.res_type, rv.res_id, rv.version, rv.last_updated, rv.body \
+                 FROM resource_version rv WHERE rv.is_current AND NOT rv.deleted AND rv.res_type = ",
+            )
+            .text(ty)
+            .push(" AND rv.res_id IN ");
+            sql.list(&ids);
+            out.extend(sql.load::<Found>(self.db_mut())?);
+        }
+        Ok(out)
+    }
+}
