@@ -43,7 +43,8 @@ pub enum Primitive {
 }
 
 impl Primitive {
-    fn from_code(code: &str) -> Option<Primitive> {
+    /// The primitive type of a FHIR type code (`dateTime`), if it is one.
+    pub fn from_code(code: &str) -> Option<Primitive> {
         Some(match code {
             "boolean" => Primitive::Boolean,
             "integer" => Primitive::Integer,

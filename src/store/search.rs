@@ -660,6 +660,31 @@ impl Sql {
         }
     }
 
+    /// A quantity condition on the given value, unit system and unit code columns.
+    fn quantity(&mut self, c: &Cond, value_col: &str, system_col: &str, code_col: &str) {
+        let Cond::Quantity {
+            prefix,
+            value,
+            low,
+            high,
+            system,
+            code,
+        } = c
+        else {
+            self.push("1 = 0");
+            return;
+        };
+        self.push("(");
+        self.number(value_col, *prefix, *value, *low, *high);
+        self.push(")");
+        if let Some(s) = system {
+            self.push(" AND ").push(system_col).push(" = ").text(s);
+        }
+        if let Some(c) = code {
+            self.push(" AND ").push(code_col).push(" = ").text(c);
+        }
+    }
+
     fn cond(&mut self, x: &str, c: &Cond) {
         let col = |c: &str| format!("{x}.{c}");
         match c {
@@ -723,24 +748,7 @@ impl Sql {
                 low,
                 high,
             } => self.number(&col("value"), *prefix, *value, *low, *high),
-            Cond::Quantity {
-                prefix,
-                value,
-                low,
-                high,
-                system,
-                code,
-            } => {
-                self.push("(");
-                self.number(&col("value"), *prefix, *value, *low, *high);
-                self.push(")");
-                if let Some(s) = system {
-                    self.push(" AND ").push(&col("system")).push(" = ").text(s);
-                }
-                if let Some(c) = code {
-                    self.push(" AND ").push(&col("code")).push(" = ").text(c);
-                }
-            }
+            Cond::Quantity { .. } => self.quantity(c, &col("value"), &col("system"), &col("code")),
             Cond::UriEq(u) => {
                 self.push(&col("uri")).push(" = ").text(u);
             }
@@ -799,23 +807,8 @@ impl Sql {
                     Cond::Date { prefix, low, high } => {
                         self.date(&col("low2"), &col("high2"), *prefix, *low, *high);
                     }
-                    Cond::Quantity {
-                        prefix,
-                        value,
-                        low,
-                        high,
-                        system,
-                        code,
-                    } => {
-                        self.push("(");
-                        self.number(&col("value2"), *prefix, *value, *low, *high);
-                        self.push(")");
-                        if let Some(s) = system {
-                            self.push(" AND ").push(&col("system2")).push(" = ").text(s);
-                        }
-                        if let Some(c) = code {
-                            self.push(" AND ").push(&col("code2")).push(" = ").text(c);
-                        }
+                    q @ Cond::Quantity { .. } => {
+                        self.quantity(q, &col("value2"), &col("system2"), &col("code2"))
                     }
                     _ => {
                         self.push("1 = 0");
@@ -949,6 +942,10 @@ impl Sql {
         })
     }
 }
+
+/// The live current versions, as [`Found`] rows; callers add conditions.
+const SELECT_CURRENT: &str = "SELECT rv.pk, rv.res_type, rv.res_id, rv.version, rv.last_updated, \
+     rv.body FROM resource_version rv WHERE rv.is_current AND NOT rv.deleted";
 
 /// The tables a list of conditions touches, in first-seen order.
 fn tables_of(conds: &[Cond]) -> Vec<IndexTable> {
@@ -1109,12 +1106,10 @@ impl Session<'_> {
             return Ok(Vec::new());
         }
         let mut sql = self.sql();
-        sql.push(
-            "SELECT rv.pk, rv.res_type, rv.res_id, rv.version, rv.last_updated, rv.body \
-             FROM resource_version rv WHERE rv.is_current AND NOT rv.deleted AND rv.res_type = ",
-        )
-        .text(source_type)
-        .push(" AND rv.pk IN (SELECT x.resource_pk FROM ix_reference x WHERE x.target IN ");
+        sql.push(SELECT_CURRENT)
+            .push(" AND rv.res_type = ")
+            .text(source_type)
+            .push(" AND rv.pk IN (SELECT x.resource_pk FROM ix_reference x WHERE x.target IN ");
         sql.list(targets);
         sql.push(" AND x.res_type = ").text(source_type);
         if let Some(p) = param {
@@ -1127,13 +1122,11 @@ impl Session<'_> {
     /// Live current versions after a primary key, in key order (for `yba reindex`).
     pub fn current_after(&mut self, after: i64, limit: i64) -> Result<Vec<Found>, StoreError> {
         let mut sql = self.sql();
-        sql.push(
-            "SELECT rv.pk, rv.res_type, rv.res_id, rv.version, rv.last_updated, rv.body \
-             FROM resource_version rv WHERE rv.is_current AND NOT rv.deleted AND rv.pk > ",
-        )
-        .int(after)
-        .push(" ORDER BY rv.pk LIMIT ")
-        .int(limit);
+        sql.push(SELECT_CURRENT)
+            .push(" AND rv.pk > ")
+            .int(after)
+            .push(" ORDER BY rv.pk LIMIT ")
+            .int(limit);
         sql.load(self.db_mut())
     }
 
@@ -1179,12 +1172,10 @@ impl Session<'_> {
         let mut out = Vec::new();
         for (ty, ids) in by_type {
             let mut sql = self.sql();
-            sql.push(
-                "SELECT rv.pk, rv.res_type, rv.res_id, rv.version, rv.last_updated, rv.body \
-                 FROM resource_version rv WHERE rv.is_current AND NOT rv.deleted AND rv.res_type = ",
-            )
-            .text(ty)
-            .push(" AND rv.res_id IN ");
+            sql.push(SELECT_CURRENT)
+                .push(" AND rv.res_type = ")
+                .text(ty)
+                .push(" AND rv.res_id IN ");
             sql.list(&ids);
             out.extend(sql.load::<Found>(self.db_mut())?);
         }

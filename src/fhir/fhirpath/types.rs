@@ -75,30 +75,7 @@ const ABSTRACT: [&str; 4] = ["Resource", "DomainResource", "Element", "BackboneE
 const NOT_DOMAIN: [&str; 3] = ["Bundle", "Binary", "Parameters"];
 
 fn primitive_from_name(name: &str) -> Option<Primitive> {
-    use Primitive::*;
-    const ALL: [Primitive; 20] = [
-        Boolean,
-        Integer,
-        UnsignedInt,
-        PositiveInt,
-        Decimal,
-        String,
-        Code,
-        Id,
-        Markdown,
-        Uri,
-        Url,
-        Canonical,
-        Oid,
-        Uuid,
-        Base64Binary,
-        Date,
-        DateTime,
-        Instant,
-        Time,
-        Xhtml,
-    ];
-    ALL.into_iter().find(|p| p.name() == name)
+    Primitive::from_code(name)
 }
 
 /// The primitive a FHIR primitive type is derived from, if any (R4 StructureDefinitions).
