@@ -9,12 +9,14 @@
 //!     cargo bench --bench load -- --db sqlite
 //!     cargo bench --bench load -- --db postgres [--seconds 10] [--clients 32]
 
-use std::io::Write as _;
+mod common;
+
 use std::time::{Duration, Instant};
+
+use common::{Conn, Rng, Stats, rss_kb, run};
 
 use diesel::{Connection, RunQueryDsl};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 struct Args {
@@ -51,85 +53,6 @@ fn args() -> Args {
     a
 }
 
-/// A keep-alive HTTP/1.1 connection with just enough protocol for this benchmark.
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    async fn open(addr: &str) -> Conn {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        stream.set_nodelay(true).ok();
-        Conn {
-            stream,
-            buf: Vec::with_capacity(16 * 1024),
-        }
-    }
-
-    async fn call(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, Vec<u8>) {
-        let mut req = Vec::with_capacity(256 + body.map_or(0, <[u8]>::len));
-        write!(
-            req,
-            "{method} {path} HTTP/1.1\r\nHost: bench\r\nAccept: application/fhir+json\r\n"
-        )
-        .unwrap();
-        if let Some(b) = body {
-            write!(
-                req,
-                "Content-Type: application/fhir+json\r\nContent-Length: {}\r\n",
-                b.len()
-            )
-            .unwrap();
-        }
-        req.extend_from_slice(b"\r\n");
-        if let Some(b) = body {
-            req.extend_from_slice(b);
-        }
-        self.stream.write_all(&req).await.expect("write");
-        self.buf.clear();
-        let mut chunk = [0u8; 16 * 1024];
-        let head_end = loop {
-            let n = self.stream.read(&mut chunk).await.expect("read");
-            assert!(n > 0, "server closed the connection");
-            self.buf.extend_from_slice(&chunk[..n]);
-            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
-                break i + 4;
-            }
-        };
-        let head = String::from_utf8_lossy(&self.buf[..head_end]).to_ascii_lowercase();
-        let status: u16 = head[9..12].parse().expect("status");
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .map_or(0, |v| v.trim().parse().unwrap_or(0));
-        while self.buf.len() < head_end + len {
-            let n = self.stream.read(&mut chunk).await.expect("read body");
-            assert!(n > 0, "server closed the connection");
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-        (status, self.buf[head_end..head_end + len].to_vec())
-    }
-}
-
-fn find(h: &[u8], n: &[u8]) -> Option<usize> {
-    h.windows(n.len()).position(|w| w == n)
-}
-
-/// A small xorshift generator: the benchmark needs spread, not cryptography.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 fn patient(n: u64) -> Value {
     json!({
         "resourceType": "Patient",
@@ -141,71 +64,6 @@ fn patient(n: u64) -> Value {
         "birthDate": format!("19{:02}-{:02}-{:02}", 40 + n % 60, 1 + n % 12, 1 + n % 28),
         "address": [{"use": "home", "line": ["12 Lê Lợi"], "city": "Huế", "district": "Phú Hội", "country": "VN"}]
     })
-}
-
-struct Stats {
-    label: String,
-    n: usize,
-    errors: usize,
-    elapsed: Duration,
-    lat_us: Vec<u64>,
-}
-
-impl Stats {
-    fn rate(&self) -> f64 {
-        self.n as f64 / self.elapsed.as_secs_f64()
-    }
-    fn pct(&mut self, p: f64) -> f64 {
-        if self.lat_us.is_empty() {
-            return 0.0;
-        }
-        self.lat_us.sort_unstable();
-        let i = ((self.lat_us.len() as f64 * p).ceil() as usize).clamp(1, self.lat_us.len()) - 1;
-        self.lat_us[i] as f64 / 1000.0
-    }
-}
-
-/// Runs `clients` connections for `secs`; each call picks its request from `make`.
-async fn run<F>(label: &str, addr: &str, clients: usize, secs: u64, make: F) -> Stats
-where
-    F: Fn(usize, &mut Rng) -> (&'static str, String, Option<Vec<u8>>, u16) + Clone + 'static,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let addr = addr.to_string();
-        let make = make.clone();
-        tasks.push(tokio::task::spawn_local(async move {
-            let mut conn = Conn::open(&addr).await;
-            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((c as u64 + 1) * 0x2545_f491_4f6c_dd1d));
-            let (mut lat, mut errors) = (Vec::new(), 0usize);
-            while Instant::now() < deadline {
-                let (m, path, body, want) = make(c, &mut rng);
-                let t = Instant::now();
-                let (status, _) = conn.call(m, &path, body.as_deref()).await;
-                lat.push(t.elapsed().as_micros() as u64);
-                if status != want {
-                    errors += 1;
-                }
-            }
-            (lat, errors)
-        }));
-    }
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for t in tasks {
-        let (l, e) = t.await.unwrap();
-        all.extend(l);
-        errors += e;
-    }
-    Stats {
-        label: label.into(),
-        n: all.len(),
-        errors,
-        elapsed: start.elapsed(),
-        lat_us: all,
-    }
 }
 
 /// A patient's record as a transaction: the patient, encounters, observations, conditions and
@@ -249,17 +107,6 @@ fn patient_bundle(n: u64, rng: &mut Rng) -> (Value, usize) {
         json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
         size,
     )
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// A row of the raw baseline: type, id, body.
