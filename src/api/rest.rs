@@ -354,18 +354,24 @@ pub async fn patch(
         let (ty, id) = path.into_inner();
         let ty = resource_type(&ty, &ctx)?;
         let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if !ct.trim().to_ascii_lowercase().starts_with("application/json-patch+json") {
+        let ct = ct.trim().to_ascii_lowercase();
+        let if_match = etag_header(&req, "if-match", ctx.format)?;
+        let body = read_body(&req, payload, state.max_body, &ctx).await?;
+        let patch = if ct.starts_with("application/json-patch+json") {
+            crate::fhir::Patch::Json(serde_json::from_slice(&body)
+                .map_err(|e| ApiError::new(400, "structure", format!("the body is not a JSON Patch document: {e}"), ctx.format))?)
+        } else if ct.starts_with("application/fhir+json") || ct.starts_with("application/fhir+xml")
+            || ct.starts_with("application/json") || ct.starts_with("application/xml")
+        {
+            crate::fhir::Patch::FhirPath(parse_body(&req, &body, "Parameters", &ctx)?)
+        } else {
             return Err(ApiError::new(
                 415,
                 "not-supported",
-                format!("PATCH takes a JSON Patch (Content-Type application/json-patch+json), not '{ct}'; FHIRPath Patch arrives with search"),
+                format!("PATCH takes a JSON Patch (application/json-patch+json) or a FHIRPath Patch Parameters resource (application/fhir+json or +xml), not '{ct}'"),
                 ctx.format,
             ));
-        }
-        let if_match = etag_header(&req, "if-match", ctx.format)?;
-        let body = read_body(&req, payload, state.max_body, &ctx).await?;
-        let patch: json_patch::Patch = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::new(400, "structure", format!("the body is not a JSON Patch document: {e}"), ctx.format))?;
+        };
         let w = state.fhir.patch(ty, id, patch, if_match).await.map_err(|e| ctx.error(e))?;
         written_response(w, &ctx, "patched")
     })

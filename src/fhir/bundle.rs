@@ -15,8 +15,8 @@ use super::bundle_out::{EntryOut, ResponseOut, bundle_json};
 use super::condition::Condition;
 use super::datetime::now_millis;
 use super::interactions::{
-    Fhir, Stored, Written, check_id, conditional_match, delete_in, new_id, patch_in, prepare,
-    retry, update_in,
+    Fhir, Patch, Stored, Written, check_id, conditional_match, delete_in, new_id, patch_in,
+    prepare, retry, update_in,
 };
 use super::links::{LinkKind, for_each_link};
 use super::outcome::{self, Issue};
@@ -621,13 +621,18 @@ fn put_entry(
     update_in(s, ty, id, value, if_match, Method::Update, now)
 }
 
-/// A PATCH entry carries its JSON Patch in a Binary (R4 §3.1.0.11: "the resource is a Binary").
-fn json_patch_of(resource: &Value, index: usize) -> Result<json_patch::Patch> {
+/// A PATCH entry carries a FHIRPath Patch (a Parameters resource) or its JSON Patch in a
+/// Binary (R4 §3.1.0.11: "the resource is a Binary").
+fn json_patch_of(resource: &Value, index: usize) -> Result<Patch> {
     let bad = |m: &str| Error::invalid_at("invalid", m.to_string(), at(index, ".resource"));
-    if resource.get("resourceType").and_then(Value::as_str) != Some("Binary") {
-        return Err(bad(
-            "a PATCH entry's resource must be a Binary holding a JSON Patch",
-        ));
+    match resource.get("resourceType").and_then(Value::as_str) {
+        Some("Parameters") => return Ok(Patch::FhirPath(resource.clone())),
+        Some("Binary") => {}
+        _ => {
+            return Err(bad(
+                "a PATCH entry's resource must be a Parameters (FHIRPath Patch) or a Binary holding a JSON Patch",
+            ));
+        }
     }
     let data = resource
         .get("data")
@@ -637,6 +642,7 @@ fn json_patch_of(resource: &Value, index: usize) -> Result<json_patch::Patch> {
         .decode(data.split_whitespace().collect::<String>())
         .map_err(|_| bad("the Binary's data is not base64"))?;
     serde_json::from_slice(&bytes)
+        .map(Patch::Json)
         .map_err(|e| bad(&format!("the Binary does not hold a JSON Patch: {e}")))
 }
 

@@ -53,7 +53,7 @@ pub fn capability_statement(base: &str) -> Value {
         "implementation": {"description": "yba FHIR R4 server", "url": base},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "application/fhir+xml", "json", "xml"],
-        "patchFormat": ["application/json-patch+json"],
+        "patchFormat": ["application/json-patch+json", "application/fhir+json", "application/fhir+xml"],
         "rest": [{
             "mode": "server",
             "documentation": "Search: every R4 search parameter listed per resource, with modifiers :missing (all), :exact :contains (string), :not :text :of-type (token; of-type on identifier), :Type :identifier (reference), :above :below (uri); prefixes eq ne gt lt ge le sa eb ap on date, number and quantity; chains, _has, _include/_revinclude (with :iterate), _sort (several keys, - for descending; sorted pages link forward only), _count, _total, _summary, _elements, _type at system level, Patient/[id]/$everything and compartment searches. Not supported: _text, _content, _query, _list, _filter (ignored, or refused with Prefer: handling=strict), :in/:not-in/:above/:below on tokens, Location near. Unknown parameters are ignored and reported in an OperationOutcome entry unless Prefer: handling=strict.",

@@ -189,12 +189,12 @@ impl Fhir {
         .await
     }
 
-    /// `patch` with a JSON Patch document (RFC 6902).
+    /// `patch` with a JSON Patch document (RFC 6902) or a FHIRPath Patch.
     pub async fn patch(
         &self,
         ty: &'static str,
         id: String,
-        patch: json_patch::Patch,
+        patch: Patch,
         if_match: Option<i64>,
     ) -> Result<Written> {
         retry(|| {
@@ -533,13 +533,22 @@ pub(crate) fn delete_in(
     }))
 }
 
-/// JSON Patch inside a transaction: the patched resource must still be a valid resource of the
+/// A patch document.
+#[derive(Debug, Clone)]
+pub enum Patch {
+    /// RFC 6902.
+    Json(json_patch::Patch),
+    /// A FHIRPath Patch `Parameters` resource (R4 §2.40).
+    FhirPath(Value),
+}
+
+/// A patch inside a transaction: the patched resource must still be a valid resource of the
 /// same type and id.
 pub(crate) fn patch_in(
     s: &mut Session<'_>,
     ty: &str,
     id: &str,
-    patch: &json_patch::Patch,
+    patch: &Patch,
     if_match: Option<i64>,
     now: i64,
 ) -> Result<Written> {
@@ -562,12 +571,15 @@ pub(crate) fn patch_in(
             "stored JSON unreadable: {e}"
         )))
     })?;
-    json_patch::patch(&mut doc, patch).map_err(|e| {
-        Error::Invalid(vec![Issue::error(
-            "processing",
-            format!("the JSON Patch does not apply: {e}"),
-        )])
-    })?;
+    match patch {
+        Patch::Json(p) => json_patch::patch(&mut doc, p).map_err(|e| {
+            Error::Invalid(vec![Issue::error(
+                "processing",
+                format!("the JSON Patch does not apply: {e}"),
+            )])
+        })?,
+        Patch::FhirPath(p) => super::fhirpath_patch::apply(&mut doc, p)?,
+    }
     validate::resource(&doc)?;
     if doc.get("resourceType").and_then(Value::as_str) != Some(ty) {
         return Err(Error::invalid_at(

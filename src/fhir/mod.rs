@@ -7,6 +7,8 @@
 //! - `links`: references and uri values inside a resource.
 //! - `condition`: criteria of conditional interactions.
 //! - `interactions`: create, read, update, patch, delete, history.
+//! - `fhirpath`: the FHIRPath engine; `fhirpath_patch`: FHIRPath Patch.
+//! - `search`: search parameters, index extraction, search requests.
 //! - `bundle`, `bundle_out`: transaction and batch processing; response Bundles.
 //! - `capability`: the CapabilityStatement.
 //! - `outcome`: OperationOutcome.
@@ -17,6 +19,7 @@ pub mod capability;
 pub mod condition;
 pub mod datetime;
 pub mod fhirpath;
+pub mod fhirpath_patch;
 pub mod format;
 pub mod interactions;
 pub mod links;
@@ -28,4 +31,4 @@ pub mod validate;
 pub mod xml_check;
 
 pub use format::Format;
-pub use interactions::{Fhir, Stored, Written};
+pub use interactions::{Fhir, Patch, Stored, Written};

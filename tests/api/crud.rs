@@ -366,7 +366,61 @@ async fn json_patch_changes_one_element(app: TestApp) {
     .assert_outcome(404);
 }
 
+async fn fhirpath_patch_changes_elements_found_by_path(app: TestApp) {
+    let created = app.create(&patient("001090000011")).await;
+    let path = format!("Patient/{}", created["id"].as_str().unwrap());
+    let op = |parts: serde_json::Value| json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": parts}]});
+    let patch = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "operation", "part": [{"name": "type", "valueCode": "replace"},
+            {"name": "path", "valueString": "Patient.birthDate"}, {"name": "value", "valueDate": "1985-12-31"}]},
+        {"name": "operation", "part": [{"name": "type", "valueCode": "add"},
+            {"name": "path", "valueString": "Patient.name[0]"}, {"name": "name", "valueString": "given"},
+            {"name": "value", "valueString": "Bình"}]},
+        {"name": "operation", "part": [{"name": "type", "valueCode": "add"},
+            {"name": "path", "valueString": "Patient"}, {"name": "name", "valueString": "telecom"},
+            {"name": "value", "part": [{"name": "system", "valueCode": "phone"}, {"name": "value", "valueString": "0912000111"}]}]}
+    ]});
+    let r = app
+        .send(
+            app.request(Method::PATCH, &path)
+                .header("content-type", "application/fhir+json")
+                .body(patch.to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["birthDate"], "1985-12-31");
+    assert_eq!(v["name"][0]["given"], json!(["Văn", "An", "Bình"]));
+    assert_eq!(v["telecom"][0]["value"], "0912000111");
+    assert_eq!(v["meta"]["versionId"], "2");
+    // The patched resource is searchable by its new values.
+    let found = app.get("Patient?phone=0912000111").await.json();
+    assert_eq!(found["entry"][0]["resource"]["id"], created["id"]);
+    // A path that matches several elements, or a value that makes the resource invalid, is
+    // refused and changes nothing.
+    for bad in [
+        op(
+            json!([{"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Patient.name.given"},
+            {"name": "value", "valueString": "X"}]),
+        ),
+        op(
+            json!([{"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Patient.birthDate"},
+            {"name": "value", "valueString": "31/12/1985"}]),
+        ),
+    ] {
+        app.send(
+            app.request(Method::PATCH, &path)
+                .header("content-type", "application/fhir+json")
+                .body(bad.to_string()),
+        )
+        .await
+        .assert_outcome(400);
+    }
+    assert_eq!(app.get(&path).await.json()["meta"]["versionId"], "2");
+}
+
 crate::on_both_databases!(
+    fhirpath_patch_changes_elements_found_by_path,
     hospital_creates_a_patient_and_reads_it_back,
     reading_an_unknown_patient_is_404,
     update_makes_a_new_version_and_vread_keeps_the_old,
