@@ -49,6 +49,11 @@ fn main() -> std::process::ExitCode {
 fn serve(config: Config) -> Result<(), String> {
     actix_web::rt::System::new().block_on(async move {
         let running = yba::api::start(&config).map_err(|e| e.to_string())?;
+        match yba::fhir::search::load_custom_params(&running.store).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "the server's own search parameters are in force"),
+            Err(e) => tracing::warn!("the server's own search parameters were not loaded: {e}"),
+        }
         match yba::fhir::search::index_is_current(&running.store).await {
             Ok(true) => {}
             Ok(false) => tracing::warn!(
@@ -66,6 +71,13 @@ fn serve(config: Config) -> Result<(), String> {
 fn reindex(config: Config) -> Result<(), String> {
     actix_web::rt::System::new().block_on(async move {
         let store = yba::store::Store::open(&config.store()).map_err(|e| e.to_string())?;
+        let custom = yba::fhir::search::load_custom_params(&store)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(
+            custom,
+            "reindexing under the R4 search parameters and the server's own"
+        );
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
             indicatif::ProgressStyle::with_template(

@@ -176,6 +176,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .default_service(web::to(method_not_allowed)),
                 )
                 .service(
+                    resource("/$reindex")
+                        .route(post().to(system::reindex))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
                     resource("/_search")
                         .route(get().to(rest::search_system))
                         .route(post().to(rest::search_system_post))

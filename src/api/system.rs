@@ -59,3 +59,25 @@ pub async fn transaction(
         })
         .await
 }
+
+/// `POST /fhir/$reindex`: puts the server's own SearchParameter resources in force and rebuilds
+/// the search index under them (as `yba reindex` does), then says how many resources it indexed.
+pub async fn reindex(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    state
+        .reply(&req, Interaction::Operations, |ctx| async {
+            let ctx = ctx;
+            let store = state.fhir.store();
+            let custom = crate::fhir::search::load_custom_params(store)
+                .await
+                .map_err(|e| ctx.error(e))?;
+            let n = crate::fhir::search::reindex(store, &|_, _| {})
+                .await
+                .map_err(|e| ctx.error(e))?;
+            let out = serde_json::json!({"resourceType": "Parameters", "parameter": [
+                {"name": "indexed", "valueInteger": n},
+                {"name": "customSearchParameters", "valueInteger": custom}
+            ]});
+            bundle_response(out.to_string(), &ctx)
+        })
+        .await
+}

@@ -75,8 +75,9 @@ pub fn capability_statement(base: &str) -> Value {
 
 /// The search parameters of a type that work, as CapabilityStatement entries.
 fn search_params(ty: &str) -> Vec<Value> {
-    use super::search::registry::{ParamType, REGISTRY};
-    let Some(params) = REGISTRY.for_type(ty) else {
+    use super::search::registry::{ParamType, registry};
+    let reg = registry();
+    let Some(params) = reg.for_type(ty) else {
         return Vec::new();
     };
     let mut list: Vec<Value> = params

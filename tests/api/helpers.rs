@@ -19,7 +19,9 @@ pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub base: String,
     pub client: reqwest::Client,
-    handle: actix_web::dev::ServerHandle,
+    /// The in-process server, or (for what is process-wide) the `yba` process.
+    handle: Option<actix_web::dev::ServerHandle>,
+    _child: Option<tokio::process::Child>,
     _dir: Option<tempfile::TempDir>,
     schema: Option<String>,
 }
@@ -97,6 +99,15 @@ pub async fn spawn_postgres() -> Option<TestApp> {
 }
 
 pub async fn spawn_postgres_with(tune: impl FnOnce(&mut Config)) -> Option<TestApp> {
+    let (url, schema) = postgres_schema().await?;
+    let mut config = Config::local(url);
+    tune(&mut config);
+    Some(start(config, None, Some(schema)).await)
+}
+
+/// A fresh PostgreSQL schema: its connection URL and name; None (test skipped) when PostgreSQL
+/// is not reachable, except in CI, where it must be.
+async fn postgres_schema() -> Option<(String, String)> {
     let url = postgres_url();
     let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
     let created = tokio::task::spawn_blocking({
@@ -121,9 +132,56 @@ pub async fn spawn_postgres_with(tune: impl FnOnce(&mut Config)) -> Option<TestA
         return None;
     }
     let sep = if url.contains('?') { '&' } else { '?' };
-    let mut config = Config::local(format!("{url}{sep}options=-csearch_path%3D{schema}"));
-    tune(&mut config);
-    Some(start(config, None, Some(schema)).await)
+    Some((
+        format!("{url}{sep}options=-csearch_path%3D{schema}"),
+        schema,
+    ))
+}
+
+/// The real `yba serve` in a process of its own, for behaviour that is process-wide (the
+/// search parameter registry): on SQLite, or on PostgreSQL (None when it is not reachable).
+pub async fn spawn_process(postgres: bool) -> Option<TestApp> {
+    use tokio::io::AsyncBufReadExt;
+    let (url, dir, schema) = if postgres {
+        let (url, schema) = postgres_schema().await?;
+        (url, None, Some(schema))
+    } else {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("yba.db").display());
+        (url, Some(dir), None)
+    };
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_yba"))
+        .arg("serve")
+        .env("DATABASE_URL", &url)
+        .env("YBA_BIND", "127.0.0.1:0")
+        .env("YBA_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("yba starts");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let addr: std::net::SocketAddr = loop {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("server logs its address in time")
+            .expect("log line")
+            .expect("server is running");
+        let v: Value = serde_json::from_str(&line).unwrap_or_default();
+        if let Some(a) = v["fields"]["addr"].as_str() {
+            break a.parse().expect("address");
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Some(TestApp {
+        addr,
+        base: format!("http://{addr}/fhir"),
+        client: reqwest::Client::new(),
+        handle: None,
+        _child: Some(child),
+        _dir: dir,
+        schema,
+    })
 }
 
 async fn start(config: Config, dir: Option<tempfile::TempDir>, schema: Option<String>) -> TestApp {
@@ -146,7 +204,8 @@ async fn start(config: Config, dir: Option<tempfile::TempDir>, schema: Option<St
             .pool_max_idle_per_host(64)
             .build()
             .expect("client"),
-        handle,
+        handle: Some(handle),
+        _child: None,
         _dir: dir,
         schema,
     }
@@ -155,7 +214,9 @@ async fn start(config: Config, dir: Option<tempfile::TempDir>, schema: Option<St
 impl Drop for TestApp {
     fn drop(&mut self) {
         // stop() sends the command at once; its future only waits for completion.
-        drop(self.handle.stop(false));
+        if let Some(h) = &self.handle {
+            drop(h.stop(false));
+        }
         if let Some(schema) = self.schema.take() {
             let url = postgres_url();
             // Dropped in a thread of its own: the server's connections close first.

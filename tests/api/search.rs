@@ -591,6 +591,53 @@ async fn sort_orders_by_several_keys_and_pages_stably(app: TestApp) {
     assert_eq!(seen, ["o2", "o1", "o4", "o3"]);
 }
 
+/// A hospital adds its own search parameter (ethnicity, a VN extension), reindexes, and
+/// searches by it. The registry is process-wide, so the server runs in a process of its own.
+#[tokio::test]
+async fn own_search_parameter_works_after_reindex_on_sqlite() {
+    if let Some(app) = crate::helpers::spawn_process(false).await {
+        own_search_parameter_works_after_reindex(app).await
+    }
+}
+
+#[tokio::test]
+async fn own_search_parameter_works_after_reindex_on_postgres() {
+    if let Some(app) = crate::helpers::spawn_process(true).await {
+        own_search_parameter_works_after_reindex(app).await
+    }
+}
+
+async fn own_search_parameter_works_after_reindex(app: TestApp) {
+    const ETHNICITY: &str = "http://fhir.ehealth.gov.vn/core/StructureDefinition/ethnicity";
+    for (id, code) in [("kinh", "01"), ("tay", "02")] {
+        put(&app, json!({"resourceType": "Patient", "id": id,
+            "extension": [{"url": ETHNICITY, "valueCoding": {"system": "urn:vn:ethnic", "code": code}}]})).await;
+    }
+    let strict = |q: &str| {
+        app.request(Method::GET, q)
+            .header("prefer", "handling=strict")
+    };
+    app.send(strict("Patient?ethnicity=02"))
+        .await
+        .assert_outcome(400);
+    app.create(&json!({"resourceType": "SearchParameter", "url": "http://yba.example/SearchParameter/ethnicity",
+        "name": "ethnicity", "status": "active", "description": "Dân tộc", "code": "ethnicity",
+        "base": ["Patient"], "type": "token",
+        "expression": format!("Patient.extension('{ETHNICITY}').value")})).await;
+    let r = app.send(app.request(Method::POST, "$reindex")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = app.send(strict("Patient?ethnicity=urn:vn:ethnic|02")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(ids(&r.json()), ["tay"]);
+    // New writes are indexed under it at once.
+    put(&app, json!({"resourceType": "Patient", "id": "tay2",
+        "extension": [{"url": ETHNICITY, "valueCoding": {"system": "urn:vn:ethnic", "code": "02"}}]})).await;
+    assert_eq!(
+        ids(&search(&app, "Patient?ethnicity=02").await),
+        ["tay", "tay2"]
+    );
+}
+
 crate::on_both_databases!(
     string_search_folds_vietnamese_diacritics,
     token_search_matches_system_and_code,

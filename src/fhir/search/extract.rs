@@ -13,11 +13,11 @@ use crate::store::{
 };
 
 use super::normalize::{normalize, truncate};
-use super::registry::{ParamType, REGISTRY, Registry, SearchParam};
+use super::registry::{ParamType, Registry, SearchParam, registry};
 
 /// The index rows of a resource of type `ty`, under the process-wide registry.
 pub fn index_rows(ty: &str, resource: &Value) -> IndexRows {
-    index_rows_with(&REGISTRY, ty, resource)
+    index_rows_with(&registry(), ty, resource)
 }
 
 /// The index rows of a resource under a given registry. Values that cannot be indexed (a date

@@ -235,12 +235,12 @@ pub async fn index_is_current(store: &Store) -> Result<bool> {
         .read(|s| Ok::<_, crate::error::Error>((s.meta(FINGERPRINT_KEY)?, s.count_current()?)))
         .await?;
     match fp {
-        (Some(fp), _) => Ok(fp == registry::REGISTRY.fingerprint),
+        (Some(fp), _) => Ok(fp == registry::registry().fingerprint),
         (None, 0) => {
             store
                 .write(|s| {
                     Ok::<_, crate::error::Error>(
-                        s.set_meta(FINGERPRINT_KEY, &registry::REGISTRY.fingerprint)?,
+                        s.set_meta(FINGERPRINT_KEY, &registry::registry().fingerprint)?,
                     )
                 })
                 .await?;
@@ -289,9 +289,42 @@ pub async fn reindex(store: &Store, progress: &dyn Fn(u64, u64)) -> Result<u64> 
     store
         .write(|s| {
             Ok::<_, crate::error::Error>(
-                s.set_meta(FINGERPRINT_KEY, &registry::REGISTRY.fingerprint)?,
+                s.set_meta(FINGERPRINT_KEY, &registry::registry().fingerprint)?,
             )
         })
         .await?;
     Ok(done)
+}
+
+/// The server's own SearchParameter resources (current, not deleted).
+pub async fn custom_params(store: &Store) -> Result<Vec<Value>> {
+    store
+        .read(|s| {
+            let rows = s.search(&SearchQuery {
+                types: vec!["SearchParameter".into()],
+                filters: Vec::new(),
+                after: None,
+                before: None,
+                limit: 10_000,
+                sort: Vec::new(),
+                sort_after: None,
+            })?;
+            Ok(rows
+                .iter()
+                .filter_map(|r| serde_json::from_str::<Value>(&r.body).ok())
+                .filter(|v| {
+                    v.get("status").and_then(Value::as_str) != Some("retired")
+                        && v.get("expression").is_some()
+                })
+                .collect())
+        })
+        .await
+}
+
+/// Puts the server's own SearchParameter resources in force beside the R4 definitions.
+pub async fn load_custom_params(store: &Store) -> Result<usize> {
+    let custom = custom_params(store).await?;
+    registry::install(&custom)
+        .map_err(|e| crate::error::Error::invalid("invalid", format!("search parameters: {e}")))?;
+    Ok(custom.len())
 }

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use crate::store::{Cond, Filter, IndexTable, Prefix, SortBy, SortKey, SortValue};
 
 use super::normalize::normalize;
-use super::registry::{ParamType, REGISTRY, SearchParam};
+use super::registry::{ParamType, SearchParam, registry};
 
 /// The most `_count` may ask for; larger values are cut to it.
 pub const MAX_COUNT: i64 = 1000;
@@ -466,6 +466,7 @@ fn criterion_depth(
     value: &str,
     depth: usize,
 ) -> std::result::Result<Filter, Issue> {
+    let reg = registry();
     if depth > 4 {
         return Err(bad(name, "chains and _has nest at most 4 levels"));
     }
@@ -485,7 +486,7 @@ fn criterion_depth(
         let Some(src) = R4.resource_type(src) else {
             return Err(bad(name, format!("'{src}' is not a resource type")));
         };
-        match REGISTRY.param(src, param) {
+        match reg.param(src, param) {
             Some(p) if p.ty == ParamType::Reference => {}
             _ => {
                 return Err(bad(
@@ -507,7 +508,7 @@ fn criterion_depth(
             Some((c, t)) => (c, Some(t)),
             None => (head, None),
         };
-        let Some(p) = REGISTRY.param(ty, code) else {
+        let Some(p) = reg.param(ty, code) else {
             return Err(unknown(ty, code, name));
         };
         if p.ty != ParamType::Reference {
@@ -526,7 +527,7 @@ fn criterion_depth(
                 .targets
                 .iter()
                 .copied()
-                .filter(|t| REGISTRY.param(t, inner_code).is_some())
+                .filter(|t| reg.param(t, inner_code).is_some())
                 .collect(),
         };
         let Some(first) = types.first() else {
@@ -551,7 +552,7 @@ fn criterion_depth(
             split_or(value).iter().map(|v| unescape(v)).collect(),
         ));
     }
-    let Some(p) = REGISTRY.param(ty, code) else {
+    let Some(p) = reg.param(ty, code) else {
         return Err(unknown(ty, code, name));
     };
     if code == "_lastUpdated" && modifier.is_none() {
@@ -686,6 +687,7 @@ fn parse_include(
     name: &str,
     iterate: bool,
 ) -> std::result::Result<Include, Issue> {
+    let reg = registry();
     if v == "*" {
         return Ok(Include {
             source: None,
@@ -709,7 +711,7 @@ fn parse_include(
         None | Some("*") => None,
         Some(code) => {
             if let Some(s) = source {
-                match REGISTRY.param(s, code) {
+                match reg.param(s, code) {
                     Some(p) if p.ty == ParamType::Reference => {}
                     _ => {
                         return Err(bad(
@@ -744,6 +746,7 @@ pub fn parse(
     pairs: &[(String, String)],
     strict: bool,
 ) -> Result<SearchSpec> {
+    let reg = registry();
     let mut spec = SearchSpec {
         types: ty.map(|t| vec![t.to_string()]).unwrap_or_default(),
         filters: Vec::new(),
@@ -819,8 +822,7 @@ pub fn parse(
                             "_id" => SortBy::Id,
                             "_lastUpdated" => SortBy::LastUpdated,
                             _ => {
-                                let p =
-                                    REGISTRY.param(t, code).ok_or_else(|| unknown(t, code, k))?;
+                                let p = reg.param(t, code).ok_or_else(|| unknown(t, code, k))?;
                                 let table = table_of(p.ty)
                                     .filter(|_| p.expr.is_some())
                                     .ok_or_else(|| bad(k, format!("cannot sort by '{code}'")))?;

@@ -4,7 +4,7 @@
 //! resource type into the extraction plan that runs on every write.
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, RwLock};
 
 use rustc_hash::FxHashMap;
 use serde::Deserialize;
@@ -15,9 +15,31 @@ use crate::fhir::schema::R4;
 static SEARCH_PARAMETERS_JSON: &str =
     include_str!("../../../fhir-profiles/r4/search-parameters.json");
 
-/// The process-wide registry of the R4 definitions, built on first use.
-pub static REGISTRY: LazyLock<Registry> =
-    LazyLock::new(|| Registry::load(SEARCH_PARAMETERS_JSON).expect("search-parameters.json loads"));
+/// The registry in force: the R4 definitions, plus the server's own SearchParameter resources
+/// once [`install`]ed (at start, and by `$reindex` / `yba reindex`).
+static CURRENT: LazyLock<RwLock<Arc<Registry>>> = LazyLock::new(|| {
+    RwLock::new(Arc::new(
+        Registry::load(SEARCH_PARAMETERS_JSON, &[]).expect("search-parameters.json loads"),
+    ))
+});
+
+/// The registry in force.
+pub fn registry() -> Arc<Registry> {
+    match CURRENT.read() {
+        Ok(g) => g.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
+/// Puts a registry in force: the R4 definitions plus `custom` SearchParameter resources.
+pub fn install(custom: &[serde_json::Value]) -> Result<(), LoadError> {
+    let reg = Registry::load(SEARCH_PARAMETERS_JSON, custom)?;
+    match CURRENT.write() {
+        Ok(mut g) => *g = Arc::new(reg),
+        Err(poisoned) => *poisoned.into_inner() = Arc::new(reg),
+    }
+    Ok(())
+}
 
 /// The type of a search parameter (R4 §3.1.1.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -131,7 +153,11 @@ struct RawParam {
 
 #[derive(Deserialize)]
 struct RawComponent {
+    #[serde(default)]
     code: Option<String>,
+    /// A SearchParameter resource names its component by `definition` (a canonical URL).
+    #[serde(default)]
+    definition: Option<String>,
     expression: String,
 }
 
@@ -209,9 +235,39 @@ fn restrict(expression: &str, ty: &str) -> String {
 
 impl Registry {
     /// Loads and compiles definitions (the official file, or it extended with the server's own).
-    pub fn load(json: &str) -> Result<Registry, LoadError> {
-        let raw: RawFile = serde_json::from_str(json)?;
-        let mut fp = crate::store::fnv1a(&[json.as_bytes()]) as u64;
+    pub fn load(json: &str, custom: &[serde_json::Value]) -> Result<Registry, LoadError> {
+        let mut raw: RawFile = serde_json::from_str(json)?;
+        let mut custom_text = String::new();
+        for c in custom {
+            // A SearchParameter resource has the same fields as the extracted table.
+            let p: RawParam = serde_json::from_value(c.clone()).map_err(|e| LoadError::Param {
+                url: c
+                    .get("url")
+                    .and_then(|u| u.as_str())
+                    .unwrap_or("?")
+                    .to_string(),
+                message: format!("not a usable SearchParameter: {e}"),
+            })?;
+            custom_text.push_str(&c.to_string());
+            // The server's own definition of a URL replaces the official one.
+            raw.params.retain(|o| o.url != p.url);
+            raw.params.push(p);
+        }
+        let by_url: HashMap<String, String> = raw
+            .params
+            .iter()
+            .map(|p| (p.url.clone(), p.code.clone()))
+            .collect();
+        for p in &mut raw.params {
+            for c in &mut p.component {
+                if c.code.is_none()
+                    && let Some(d) = &c.definition
+                {
+                    c.code = by_url.get(d).cloned();
+                }
+            }
+        }
+        let mut fp = crate::store::fnv1a(&[json.as_bytes(), custom_text.as_bytes()]) as u64;
         fp ^= 0x005e_a6c4_u64; // bump when extraction itself changes
         let mut reg = Registry {
             types: FxHashMap::default(),
@@ -354,7 +410,7 @@ mod tests {
 
     #[test]
     fn every_definition_compiles() {
-        let reg = &*REGISTRY;
+        let reg = registry();
         let patient = reg.for_type("Patient").unwrap();
         for code in [
             "name",
