@@ -976,8 +976,14 @@ impl Session<'_> {
         if !q.sort.is_empty() {
             return self.search_sorted(q);
         }
+        // Primary keys first, bodies for the page only: sorting whole rows would carry every
+        // match's body through the sort.
+        let backward = q.before.is_some() && q.after.is_none();
         let mut sql = self.sql();
-        sql.push("SELECT rv.pk, rv.res_type, rv.res_id, rv.version, rv.last_updated, rv.body");
+        sql.push(
+            "SELECT o.pk, o.res_type, o.res_id, o.version, o.last_updated, o.body \
+             FROM resource_version o WHERE o.pk IN (SELECT rv.pk",
+        );
         Self::search_where(&mut sql, q);
         if let Some(after) = q.after {
             sql.push(" AND rv.pk > ").int(after);
@@ -985,24 +991,22 @@ impl Session<'_> {
         if let Some(before) = q.before {
             sql.push(" AND rv.pk < ").int(before);
         }
-        sql.push(if q.before.is_some() && q.after.is_none() {
+        sql.push(if backward {
             " ORDER BY rv.pk DESC LIMIT "
         } else {
             " ORDER BY rv.pk LIMIT "
         });
         sql.int(q.limit);
-        let mut rows: Vec<Found> = sql.load(self.db_mut())?;
-        if q.before.is_some() && q.after.is_none() {
-            rows.reverse();
-        }
-        Ok(rows)
+        sql.push(") ORDER BY o.pk");
+        // A backward page is the `limit` rows just before `before`, ascending like any other.
+        sql.load(self.db_mut())
     }
 
     fn search_sorted(&mut self, q: &SearchQuery) -> Result<Vec<Found>, StoreError> {
         let mut sql = self.sql();
         sql.push(
-            "SELECT q.pk, q.res_type, q.res_id, q.version, q.last_updated, q.body FROM \
-             (SELECT rv.pk, rv.res_type, rv.res_id, rv.version, rv.last_updated, rv.body",
+            "SELECT o.pk, o.res_type, o.res_id, o.version, o.last_updated, o.body FROM \
+             (SELECT q.* FROM (SELECT rv.pk",
         );
         for (i, key) in q.sort.iter().enumerate() {
             sql.push(", ");
@@ -1015,12 +1019,16 @@ impl Session<'_> {
             sql.push(" WHERE ");
             sql.keyset(&q.sort, values, *pk);
         }
-        sql.push(" ORDER BY ");
+        let mut order = String::new();
         for (i, key) in q.sort.iter().enumerate() {
             let dir = if key.desc { "DESC" } else { "ASC" };
-            sql.push(&format!("q.s{i} {dir} NULLS LAST, "));
+            order.push_str(&format!("{{}}.s{i} {dir} NULLS LAST, "));
         }
-        sql.push("q.pk LIMIT ").int(q.limit);
+        order.push_str("{}.pk");
+        sql.push(" ORDER BY ").push(&order.replace("{}", "q"));
+        sql.push(" LIMIT ").int(q.limit);
+        sql.push(") p JOIN resource_version o ON o.pk = p.pk ORDER BY ")
+            .push(&order.replace("{}", "p"));
         sql.load(self.db_mut())
     }
 

@@ -5,7 +5,8 @@
 -- reference's identifier), which no real code can collide with.
 
 -- The order of a search without _sort: primary key within a type.
-CREATE INDEX resource_version_type_pk ON resource_version (res_type, pk);
+-- With is_current and deleted in it, a search tests membership without reading rows (bodies).
+CREATE INDEX resource_version_type_pk ON resource_version (res_type, pk, is_current, deleted);
 
 -- Strings (compared in code point order, COLLATE "C", so that a prefix is a range): `norm` is lower-cased with Vietnamese (and all Latin) diacritics folded, for the
 -- default prefix match and :contains; `exact` is the value as written, for :exact.
