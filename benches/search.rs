@@ -146,6 +146,11 @@ fn record(n: usize, size: usize, rng: &mut Rng) -> Value {
     json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
 }
 
+/// A query value percent-encoded (a request line is ASCII).
+fn encode(v: &str) -> String {
+    form_urlencoded::byte_serialize(v.as_bytes()).collect()
+}
+
 /// One request's latency, `n` times in a row on one connection (for the slow single queries).
 async fn repeat(conn: &mut Conn, path: &str, n: usize) -> (f64, f64, usize) {
     let mut lat = Vec::with_capacity(n);
@@ -252,7 +257,7 @@ fn main() {
             ("date", "Patient?birthdate=<day>", Rc::new(move |r| { let k = pick(r); format!("/fhir/Patient?birthdate=19{:02}-{:02}-{:02}", 30 + k % 70, 1 + k % 12, 1 + k % 28) })),
             ("date", "Encounter?date=ge<d>&date=lt<d+1>&_count=20", Rc::new(move |r| { let d = 1 + r.below(28); format!("/fhir/Encounter?date=ge2024-03-{d:02}&date=lt2024-03-{:02}&_count=20", d + 1) })),
             ("reference", "Observation?subject=Patient/<id>&_count=50", { let ids = ids.clone(); Rc::new(move |r| format!("/fhir/Observation?subject=Patient/{}&_count=50", ids[pick(r)])) }),
-            ("string", "Patient?family=<family>&given=<given>", Rc::new(move |r| format!("/fhir/Patient?family={}&given={}", FAMILIES[r.below(16)], GIVEN[r.below(12)]))),
+            ("string", "Patient?family=<family>&given=<given>", Rc::new(move |r| format!("/fhir/Patient?family={}&given={}", encode(FAMILIES[r.below(16)]), encode(GIVEN[r.below(12)])))),
             ("quantity", "Observation?subject=<id>&value-quantity=gt150", { let ids = ids.clone(); Rc::new(move |r| format!("/fhir/Observation?subject=Patient/{}&value-quantity=gt150", ids[pick(r)])) }),
             ("composite", "Observation?subject=<id>&code-value-quantity=loinc|8480-6$gt160", { let ids = ids.clone(); Rc::new(move |r| format!("/fhir/Observation?subject=Patient/{}&code-value-quantity=http://loinc.org|8480-6$gt160", ids[pick(r)])) }),
             ("chained", "Observation?subject:Patient.identifier=<cccd>&code=loinc|8480-6", Rc::new(move |r| format!("/fhir/Observation?subject:Patient.identifier={CCCD}|{}&code=http://loinc.org|8480-6&_count=20", cccd(pick(r))))),
