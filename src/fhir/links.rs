@@ -68,27 +68,6 @@ fn walk_object(
     }
 }
 
-/// The identifiers (`system`, `value`) of a resource's top-level `identifier` element, for the
-/// token index; duplicates dropped.
-pub fn identifiers(resource: &Value) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    let items: &[Value] = match resource.get("identifier") {
-        Some(Value::Array(a)) => a,
-        Some(v @ Value::Object(_)) => std::slice::from_ref(v),
-        _ => return out,
-    };
-    for i in items {
-        if let Some(value) = i.get("value").and_then(Value::as_str) {
-            let system = i.get("system").and_then(Value::as_str).unwrap_or("");
-            let pair = (system.to_string(), value.to_string());
-            if !out.contains(&pair) {
-                out.push(pair);
-            }
-        }
-    }
-    out
-}
-
 /// Calls `f` on every narrative (`xhtml`) value with its FHIRPath (`Bundle.entry[0].resource.text.div`),
 /// in the same form `xml_check` names them.
 pub fn for_each_xhtml(resource: &mut Value, f: &mut dyn FnMut(&str, &mut String)) {

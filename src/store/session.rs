@@ -526,45 +526,6 @@ impl<'c> Session<'c> {
         Ok(())
     }
 
-    /// Ids of live (not deleted) resources of a type with a token: `system|code`, or any system.
-    pub fn find_by_token(
-        &mut self,
-        ty: &str,
-        param: &str,
-        system: Option<&str>,
-        code: &str,
-        limit: i64,
-    ) -> Result<Vec<String>> {
-        let mut q = ix_token::table
-            .inner_join(rv::table.on(rv::pk.eq(ix_token::resource_pk)))
-            .filter(ix_token::res_type.eq(ty))
-            .filter(ix_token::param.eq(param))
-            .filter(ix_token::code.eq(code))
-            .filter(rv::is_current)
-            .filter(diesel::dsl::not(rv::deleted))
-            .select(rv::res_id)
-            .distinct()
-            .into_boxed();
-        if let Some(s) = system {
-            q = q.filter(ix_token::system.eq(s));
-        }
-        if self.backend == Backend::Postgres {
-            q = q.limit(limit);
-        }
-        take(q, limit, self.db)
-    }
-
-    /// Ids of live resources of a type with one of the given ids.
-    pub fn live_ids(&mut self, ty: &str, ids: &[&str]) -> Result<Vec<String>> {
-        Ok(rv::table
-            .filter(rv::res_type.eq(ty))
-            .filter(rv::res_id.eq_any(ids))
-            .filter(rv::is_current)
-            .filter(diesel::dsl::not(rv::deleted))
-            .select(rv::res_id)
-            .load(self.db)?)
-    }
-
     /// Versions for a history interaction, newest first.
     pub fn history(&mut self, q: &HistoryQuery) -> Result<Vec<VersionRow>> {
         let mut query = rv::table.select(VersionRow::as_select()).into_boxed();

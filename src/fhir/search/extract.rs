@@ -459,18 +459,7 @@ fn composite(p: &SearchParam, resource: &Value, items: &[Item<'_>], rows: &mut I
             let Ok(vals) = c.expr.evaluate_with(resource, &env) else {
                 continue;
             };
-            let probe = SearchParam {
-                code: p.code,
-                url: p.url,
-                ty: c.ty,
-                expression: String::new(),
-                expr: None,
-                targets: Vec::new(),
-                components: Vec::new(),
-                text_param: p.text_param,
-                identifier_param: p.identifier_param,
-                of_type_param: p.of_type_param,
-            };
+            let probe = p.with_type(c.ty);
             for v in &vals {
                 add(&probe, v, out);
             }

@@ -74,22 +74,6 @@ pub struct SearchSpec {
     pub ignored: Vec<Issue>,
 }
 
-/// Parameters that shape the result rather than select resources.
-const RESULT_PARAMS: &[&str] = &[
-    "_count",
-    "_total",
-    "_summary",
-    "_elements",
-    "_include",
-    "_revinclude",
-    "_include:iterate",
-    "_revinclude:iterate",
-    "_include:recurse",
-    "_revinclude:recurse",
-    "_after",
-    "_before",
-];
-
 /// The `_after` value of a sorted page: each sort value (`n` null, `i` integer, `f` the bits
 /// of a float, `t` base64url text) and the primary key, joined by `.`.
 pub fn encode_cursor(values: &[SortValue], pk: i64) -> String {
@@ -353,19 +337,7 @@ fn value_cond(
                 ));
             }
             let (system1, code1) = split_pipe(&parts[0]);
-            let second_ty = p.components[1].ty;
-            let probe = SearchParam {
-                code: p.code,
-                url: p.url,
-                ty: second_ty,
-                expression: String::new(),
-                expr: None,
-                targets: p.targets.clone(),
-                components: Vec::new(),
-                text_param: p.text_param,
-                identifier_param: p.identifier_param,
-                of_type_param: p.of_type_param,
-            };
+            let probe = p.with_type(p.components[1].ty);
             let second = value_cond(&probe, None, name, &parts[1])?;
             Ok(Cond::Composite {
                 system1,
@@ -904,7 +876,6 @@ pub fn parse(
             Err(issue) => problems.push(issue),
         }
     }
-    let _ = RESULT_PARAMS;
     if let Some((values, _)) = &spec.sort_after
         && values.len() != spec.sort.len()
     {

@@ -115,6 +115,25 @@ pub struct SearchParam {
     pub of_type_param: &'static str,
 }
 
+impl SearchParam {
+    /// The same parameter read as another type (a composite's component): values are parsed
+    /// and indexed by `ty`, under this parameter's code.
+    pub fn with_type(&self, ty: ParamType) -> SearchParam {
+        SearchParam {
+            code: self.code,
+            url: self.url,
+            ty,
+            expression: String::new(),
+            expr: None,
+            targets: self.targets.clone(),
+            components: Vec::new(),
+            text_param: self.text_param,
+            identifier_param: self.identifier_param,
+            of_type_param: self.of_type_param,
+        }
+    }
+}
+
 /// The parameters of one resource type.
 #[derive(Debug, Default)]
 pub struct TypeParams {
