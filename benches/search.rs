@@ -51,6 +51,8 @@ struct Args {
     patients: usize,
     seconds: u64,
     clients: usize,
+    /// Keep the database after the run (to study its plans), and say where it is.
+    keep: bool,
 }
 
 fn args() -> Args {
@@ -59,6 +61,7 @@ fn args() -> Args {
         patients: 1000,
         seconds: 5,
         clients: 16,
+        keep: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -68,6 +71,7 @@ fn args() -> Args {
             "--patients" => a.patients = v().parse().unwrap_or(1000),
             "--seconds" => a.seconds = v().parse().unwrap_or(5),
             "--clients" => a.clients = v().parse().unwrap_or(16),
+            "--keep" => a.keep = true,
             _ => {}
         }
     }
@@ -283,6 +287,14 @@ fn main() {
     });
     let _ = server.kill();
     let _ = server.wait();
+    if a.keep {
+        if postgres {
+            println!("kept: schema {schema} in {pg}");
+        } else {
+            println!("kept: {}", dir.keep().join("yba.db").display());
+        }
+        return;
+    }
     if postgres && let Ok(mut c) = diesel::PgConnection::establish(&pg) {
         let _ = diesel::sql_query(format!("DROP SCHEMA {schema} CASCADE")).execute(&mut c);
     }

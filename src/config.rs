@@ -40,6 +40,11 @@ pub struct Config {
     #[arg(long, env = "YBA_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     pub shutdown_timeout: u64,
 
+    /// Longest a search statement may run on PostgreSQL, in seconds, before the search is
+    /// refused as too costly (0: no limit).
+    #[arg(long, env = "YBA_SEARCH_TIMEOUT", default_value_t = 10)]
+    pub search_timeout: u64,
+
     /// Log one line per request (method, route, status, time; never query strings or bodies).
     #[arg(long, env = "YBA_ACCESS_LOG", default_value_t = false)]
     pub access_log: bool,
@@ -57,6 +62,7 @@ impl Config {
             sqlite_synchronous: "full".into(),
             workers: Some(2),
             shutdown_timeout: 30,
+            search_timeout: 10,
             access_log: false,
         }
     }
@@ -66,6 +72,7 @@ impl Config {
             url: self.database_url.clone(),
             pool_size: self.db_pool,
             sqlite_synchronous: self.sqlite_synchronous.clone(),
+            search_timeout_ms: self.search_timeout.saturating_mul(1000),
         }
     }
 }

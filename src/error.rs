@@ -63,6 +63,7 @@ impl Error {
             Error::Entry { source, .. } => source.status(),
             Error::Store(StoreError::Conflict) => 409,
             Error::Store(StoreError::Unavailable(_)) => 503,
+            Error::Store(StoreError::TooCostly(_)) => 400,
             Error::Store(_) => 500,
         }
     }
@@ -100,6 +101,13 @@ impl Error {
                     "the database is unavailable; try again later",
                 )]
             }
+            Error::Store(StoreError::TooCostly(ms)) => vec![Issue::error(
+                "too-costly",
+                format!(
+                    "the search ran longer than the server's limit ({ms} ms) and was stopped; \
+                     narrow it with more selective criteria"
+                ),
+            )],
             Error::Store(_) => vec![Issue::error(
                 "exception",
                 "internal error: the database failed",

@@ -25,7 +25,7 @@ pub fn capability_statement(base: &str) -> Value {
         .resource_types()
         .iter()
         .map(|ty| {
-            json!({
+            let mut r = json!({
                 "type": ty,
                 "profile": format!("http://hl7.org/fhir/StructureDefinition/{ty}"),
                 "interaction": TYPE_INTERACTIONS.iter().map(|c| json!({"code": c})).collect::<Vec<_>>(),
@@ -40,7 +40,14 @@ pub fn capability_statement(base: &str) -> Value {
                 "searchParam": search_params(ty),
                 "searchInclude": ["*", format!("{ty}:*")],
                 "searchRevInclude": ["*"],
-            })
+            });
+            if *ty == "Patient" {
+                r["operation"] = json!([{
+                    "name": "everything",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+                }]);
+            }
+            r
         })
         .collect();
     json!({
@@ -56,8 +63,15 @@ pub fn capability_statement(base: &str) -> Value {
         "patchFormat": ["application/json-patch+json", "application/fhir+json", "application/fhir+xml"],
         "rest": [{
             "mode": "server",
-            "documentation": "Search: every R4 search parameter listed per resource, with modifiers :missing (all), :exact :contains (string), :not :text :of-type (token; of-type on identifier), :Type :identifier (reference), :above :below (uri); prefixes eq ne gt lt ge le sa eb ap on date, number and quantity; chains, _has, _include/_revinclude (with :iterate), _sort (several keys, - for descending; sorted pages link forward only), _count, _total, _summary, _elements, _type at system level, Patient/[id]/$everything and compartment searches. Not supported: _text, _content, _query, _list, _filter (ignored, or refused with Prefer: handling=strict), :in/:not-in/:above/:below on tokens, Location near. Unknown parameters are ignored and reported in an OperationOutcome entry unless Prefer: handling=strict.",
+            "documentation": "Search: every R4 search parameter listed per resource, with modifiers :missing (all), :exact :contains (string), :not :text :of-type (token; of-type on identifier), :Type :identifier (reference), :above :below (uri); prefixes eq ne gt lt ge le sa eb ap on date, number and quantity; chains, _has, _include/_revinclude (with :iterate), _sort (several keys, - for descending; sorted pages link forward only), _count, _total, _summary, _elements, _type at system level, Patient/[id]/$everything (the compartment and the non-patient resources it refers to) and compartment searches ([compartment]/[id]/[type]) as the R4 CompartmentDefinitions define them. On PostgreSQL a search statement that runs past YBA_SEARCH_TIMEOUT is stopped with a too-costly OperationOutcome. Not supported: _text, _content, _query, _list, _filter (ignored, or refused with Prefer: handling=strict), :in/:not-in/:above/:below on tokens, Location near. Unknown parameters are ignored and reported in an OperationOutcome entry unless Prefer: handling=strict.",
             "resource": resources,
+            "compartment": [
+                "http://hl7.org/fhir/CompartmentDefinition/patient",
+                "http://hl7.org/fhir/CompartmentDefinition/encounter",
+                "http://hl7.org/fhir/CompartmentDefinition/relatedPerson",
+                "http://hl7.org/fhir/CompartmentDefinition/practitioner",
+                "http://hl7.org/fhir/CompartmentDefinition/device"
+            ],
             "searchParam": [
                 {"name": "_id", "type": "token"},
                 {"name": "_lastUpdated", "type": "date"},

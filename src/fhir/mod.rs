@@ -16,6 +16,7 @@
 pub mod bundle;
 pub mod bundle_out;
 pub mod capability;
+pub mod compartment;
 pub mod condition;
 pub mod datetime;
 pub mod fhirpath;

@@ -65,6 +65,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("database migration failed: {0}")]
     Migration(String),
+    /// A search ran past its time limit and was cancelled.
+    #[error("the search ran longer than {0} ms")]
+    TooCostly(u64),
 }
 
 impl From<diesel::result::Error> for StoreError {
@@ -106,6 +109,8 @@ pub struct StoreConfig {
     pub pool_size: u32,
     /// SQLite `synchronous`: FULL makes every commit durable against power loss.
     pub sqlite_synchronous: String,
+    /// Longest a search statement may run on PostgreSQL (0: no limit).
+    pub search_timeout_ms: u64,
 }
 
 /// The record store: a pool of connections and, on SQLite, the one writer thread.
@@ -158,6 +163,7 @@ impl Store {
     /// Opens (creating it if need be) the database at `config.url` and runs pending migrations.
     pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
         let (backend, url) = parse_url(&config.url)?;
+        search::set_timeout(config.search_timeout_ms);
         let synchronous = match config.sqlite_synchronous.to_ascii_uppercase().as_str() {
             s @ ("OFF" | "NORMAL" | "FULL" | "EXTRA") => s.to_string(),
             other => {

@@ -154,11 +154,97 @@ pub enum Filter {
         param: String,
         filters: Vec<Filter>,
     },
-    /// A compartment (R4 §3.1.0.4.1): the resource `Type/id` itself, and every resource with
-    /// a reference to it.
-    Compartment { ty: String, id: String },
+    /// A compartment (R4 §3.1.0.4.1): the resource `Type/id` itself, and every resource that
+    /// points at it through one of the parameters its type lists in the compartment's
+    /// definition (`links`: resource type and parameters).
+    Compartment {
+        ty: String,
+        id: String,
+        links: Vec<(String, Vec<String>)>,
+    },
     /// Matches nothing (a value that can never match, such as a reference to an unknown type).
     Nothing,
+    /// One index row of `param` meets all the conditions: bounds on one date parameter
+    /// (`date=ge…&date=lt…`) merged into one range, as HAPI does (see [`merge_ranges`]).
+    Range { param: String, conds: Vec<Cond> },
+}
+
+/// Repeated date criteria of one parameter, each a single bound, become one range on one index
+/// row: `date=ge2024-03-01&date=lt2024-03-02` asks for dates in March's first day, and a
+/// range on one row is what the date index answers without scanning half the table.
+pub fn merge_ranges(filters: &[Filter]) -> Vec<Filter> {
+    let bound = |f: &Filter| match f {
+        Filter::Any { param, conds } => match conds.as_slice() {
+            [Cond::Date { prefix, .. }] if *prefix != Prefix::Ne => Some(param.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    let mut out: Vec<Filter> = Vec::with_capacity(filters.len());
+    for f in filters {
+        if let (Some(param), Filter::Any { conds, .. }) = (bound(f), f) {
+            let merged = out.iter_mut().find_map(|o| match o {
+                Filter::Range { param: p, conds } if *p == param => Some(conds),
+                _ => None,
+            });
+            if let Some(range) = merged {
+                range.extend(conds.iter().cloned());
+                continue;
+            }
+            if filters
+                .iter()
+                .filter(|g| bound(g).as_deref() == Some(&param))
+                .count()
+                > 1
+            {
+                out.push(Filter::Range {
+                    param,
+                    conds: conds.clone(),
+                });
+                continue;
+            }
+        }
+        out.push(f.clone());
+    }
+    out
+}
+
+/// How good a criterion is at driving a search (lower is better; None: it cannot drive). A
+/// guess at selectivity from the criterion's kind: a reference or a chain names one resource,
+/// a token with a system names one code, a date or number is a range.
+fn driver_cost(f: &Filter) -> Option<u32> {
+    let cond_cost = |c: &Cond| match c {
+        Cond::Reference(_) => 1,
+        Cond::Token {
+            system: Some(_),
+            code: Some(_),
+        }
+        | Cond::StringExact { .. }
+        | Cond::UriEq(_)
+        | Cond::UriAbove(_) => 2,
+        Cond::Token { code: Some(_), .. } | Cond::Composite { .. } | Cond::StringStarts(_) => 3,
+        Cond::Date { .. } | Cond::Number { .. } | Cond::Quantity { .. } | Cond::UriBelow(_) => 4,
+        Cond::Token { code: None, .. } => 6,
+        Cond::StringContains(_) => 8,
+    };
+    match f {
+        Filter::Id(_) => Some(0),
+        Filter::Chain { .. } | Filter::Compartment { .. } => Some(1),
+        Filter::Any { conds, .. } if !conds.is_empty() && tables_of(conds).len() == 1 => {
+            conds.iter().map(cond_cost).max()
+        }
+        Filter::Range { conds, .. } if !conds.is_empty() => Some(3),
+        Filter::Missing { missing: false, .. } => Some(7),
+        _ => None,
+    }
+}
+
+/// One page of keys: after or before a key, at most `limit`, ascending or (backward) not.
+struct Page {
+    after: Option<i64>,
+    before: Option<i64>,
+    limit: i64,
+    backward: bool,
 }
 
 /// A search to run: the resource types, the criteria, and the page wanted.
@@ -361,88 +447,319 @@ impl Sql {
         }
     }
 
-    /// The filters on the resource rows aliased `a`, of the given types.
-    fn filters(&mut self, a: &str, types: &[String], filters: &[Filter]) {
-        for f in filters {
+    /// `SELECT [DISTINCT] <pk> AS pk FROM ... WHERE ...`: the keys of the current, live
+    /// resources of `types` meeting every filter, unordered and unlimited; `page` adds the
+    /// keyset bound, order and limit of one page.
+    ///
+    /// One criterion drives (see [`driver_cost`]): its index rows come out of the index in key
+    /// order, so a first page stops after `limit` matches; every other criterion is probed for
+    /// each candidate through its table's `(resource_pk, param)` index. Index rows exist only
+    /// for current, live versions, so a driver from an index table needs no look at the
+    /// versions themselves.
+    fn keys(&mut self, types: &[String], filters: &[Filter], page: Option<&Page>) {
+        let driver = filters
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| driver_cost(f).map(|c| (c, i)))
+            .min()
+            .map(|(_, i)| i);
+        let d = self.alias("d");
+        let pk = match driver.map(|i| &filters[i]) {
+            Some(Filter::Any { param, conds }) | Some(Filter::Range { param, conds }) => {
+                let all = matches!(driver.map(|i| &filters[i]), Some(Filter::Range { .. }));
+                let table = conds[0].table();
+                self.push("SELECT DISTINCT ")
+                    .push(&d)
+                    .push(".resource_pk AS pk FROM ")
+                    .push(table.name())
+                    .push(" ")
+                    .push(&d)
+                    .push(" WHERE ")
+                    .push(&d)
+                    .push(".param = ")
+                    .text(param);
+                self.types(&format!("{d}.res_type"), types);
+                self.push(" AND ");
+                self.conds(&d, conds, all);
+                format!("{d}.resource_pk")
+            }
+            Some(Filter::Missing { param, table, .. }) => {
+                self.push("SELECT DISTINCT ")
+                    .push(&d)
+                    .push(".resource_pk AS pk FROM ")
+                    .push(table.name())
+                    .push(" ")
+                    .push(&d)
+                    .push(" WHERE ")
+                    .push(&d)
+                    .push(".param = ")
+                    .text(param);
+                self.types(&format!("{d}.res_type"), types);
+                format!("{d}.resource_pk")
+            }
+            Some(Filter::Chain {
+                param,
+                types: targets,
+                filters: inner,
+            }) => {
+                self.push("SELECT DISTINCT ")
+                    .push(&d)
+                    .push(".resource_pk AS pk FROM ix_reference ")
+                    .push(&d)
+                    .push(" WHERE ")
+                    .push(&d)
+                    .push(".param = ")
+                    .text(param);
+                self.types(&format!("{d}.res_type"), types);
+                self.push(" AND ").push(&d).push(".target IN ");
+                self.targets_of(targets, inner);
+                format!("{d}.resource_pk")
+            }
+            Some(Filter::Compartment { ty, id, links }) => {
+                // The resources linked to `ty/id`, and `ty/id` itself.
+                let x = self.alias("x");
+                let v = self.alias("v");
+                self.push("SELECT ")
+                    .push(&d)
+                    .push(".pk AS pk FROM (SELECT ")
+                    .push(&x)
+                    .push(".resource_pk AS pk FROM ix_reference ")
+                    .push(&x)
+                    .push(" WHERE ")
+                    .push(&x)
+                    .push(".target = ")
+                    .text(&format!("{ty}/{id}"))
+                    .push(" AND ");
+                self.links(&x, links);
+                self.push(" UNION SELECT ")
+                    .push(&v)
+                    .push(".pk AS pk FROM resource_version ")
+                    .push(&v)
+                    .push(" WHERE ")
+                    .push(&v)
+                    .push(".res_type = ")
+                    .text(ty)
+                    .push(" AND ")
+                    .push(&v)
+                    .push(".res_id = ")
+                    .text(id)
+                    .push(" AND ")
+                    .push(&v)
+                    .push(".is_current AND NOT ")
+                    .push(&v)
+                    .push(".deleted");
+                self.types(&format!("{v}.res_type"), types);
+                self.push(") ").push(&d).push(" WHERE 1 = 1");
+                format!("{d}.pk")
+            }
+            Some(Filter::Id(ids)) => {
+                self.push("SELECT ")
+                    .push(&d)
+                    .push(".pk AS pk FROM resource_version ")
+                    .push(&d)
+                    .push(" WHERE ")
+                    .push(&d)
+                    .push(".is_current AND NOT ")
+                    .push(&d)
+                    .push(".deleted AND ")
+                    .push(&d)
+                    .push(".res_id IN ");
+                self.list(ids);
+                self.types(&format!("{d}.res_type"), types);
+                format!("{d}.pk")
+            }
+            _ => {
+                // The versions of the types, by the type index.
+                self.push("SELECT ")
+                    .push(&d)
+                    .push(".pk AS pk FROM resource_version ")
+                    .push(&d)
+                    .push(" WHERE ")
+                    .push(&d)
+                    .push(".is_current AND NOT ")
+                    .push(&d)
+                    .push(".deleted");
+                self.types(&format!("{d}.res_type"), types);
+                format!("{d}.pk")
+            }
+        };
+        for (i, f) in filters.iter().enumerate() {
+            if Some(i) == driver {
+                continue;
+            }
             self.push(" AND ");
-            self.filter(a, types, f);
+            self.probe(&pk, f);
+        }
+        if let Some(p) = page {
+            if let Some(after) = p.after {
+                self.push(" AND ").push(&pk).push(" > ").int(after);
+            }
+            if let Some(before) = p.before {
+                self.push(" AND ").push(&pk).push(" < ").int(before);
+            }
+            self.push(" ORDER BY ")
+                .push(&pk)
+                .push(if p.backward { " DESC" } else { "" })
+                .push(" LIMIT ")
+                .int(p.limit);
         }
     }
 
-    fn index_subquery(&mut self, types: &[String], param: &str, table: IndexTable) -> String {
-        let x = self.alias("x");
-        self.push("(SELECT ")
-            .push(&x)
-            .push(".resource_pk FROM ")
-            .push(table.name())
-            .push(" ")
-            .push(&x)
-            .push(" WHERE ")
-            .push(&x)
-            .push(".param = ")
-            .text(param);
-        self.types(&format!("{x}.res_type"), types);
-        x
+    /// The index row aliased `x` is one of a compartment's links: `(res_type = ? AND param IN
+    /// (...)) OR ...`.
+    fn links(&mut self, x: &str, links: &[(String, Vec<String>)]) {
+        self.push("(");
+        for (i, (ty, params)) in links.iter().enumerate() {
+            if i > 0 {
+                self.push(" OR ");
+            }
+            self.push("(").push(x).push(".res_type = ").text(ty);
+            self.push(" AND ").push(x).push(".param IN ");
+            self.list(params);
+            self.push(")");
+        }
+        if links.is_empty() {
+            self.push("1 = 0");
+        }
+        self.push(")");
     }
 
-    fn filter(&mut self, a: &str, types: &[String], f: &Filter) {
+    /// `(SELECT 'Type/id' ...)`: the references of the current, live resources of `types`
+    /// meeting `filters` (the inside of a chain).
+    fn targets_of(&mut self, types: &[String], filters: &[Filter]) {
+        let t = self.alias("t");
+        self.push("(SELECT ")
+            .push(&t)
+            .push(".res_type || '/' || ")
+            .push(&t)
+            .push(".res_id FROM resource_version ")
+            .push(&t)
+            .push(" WHERE ")
+            .push(&t)
+            .push(".pk IN (");
+        self.keys(types, filters, None);
+        self.push("))");
+    }
+
+    /// The conditions on the index row aliased `x`: any of them (comma), or all of them on
+    /// the same row (a merged date range).
+    fn conds(&mut self, x: &str, conds: &[Cond], all: bool) {
+        self.push("(");
+        for (i, c) in conds.iter().enumerate() {
+            if i > 0 {
+                self.push(if all { " AND " } else { " OR " });
+            }
+            self.push("(");
+            self.cond(x, c);
+            self.push(")");
+        }
+        if conds.is_empty() {
+            self.push("1 = 0");
+        }
+        self.push(")");
+    }
+
+    /// `[NOT] EXISTS` an index row of `param` for the resource `pk` meeting the conditions.
+    fn exists(
+        &mut self,
+        pk: &str,
+        negated: bool,
+        table: IndexTable,
+        param: &str,
+        conds: &[Cond],
+        all: bool,
+    ) {
+        let x = self.alias("x");
+        self.push(if negated {
+            "NOT EXISTS (SELECT 1 FROM "
+        } else {
+            "EXISTS (SELECT 1 FROM "
+        })
+        .push(table.name())
+        .push(" ")
+        .push(&x)
+        .push(" WHERE ")
+        .push(&x)
+        .push(".resource_pk = ")
+        .push(pk)
+        .push(" AND ")
+        .push(&x)
+        .push(".param = ")
+        .text(param);
+        if !conds.is_empty() {
+            self.push(" AND ");
+            self.conds(&x, conds, all);
+        }
+        self.push(")");
+    }
+
+    /// A filter as a test of one candidate resource, by primary key.
+    fn probe(&mut self, pk: &str, f: &Filter) {
         match f {
             Filter::Any { param, conds } | Filter::None { param, conds } => {
                 let negated = matches!(f, Filter::None { .. });
-                // Conditions on different tables cannot share a subquery; R4 values of one
-                // parameter always share one, so group by table.
+                // Conditions on different tables cannot share a row; R4 values of one
+                // parameter always share one table, so group by table.
                 self.push("(");
-                let mut first = true;
-                for table in tables_of(conds) {
-                    if !first {
+                let tables = tables_of(conds);
+                for (i, table) in tables.iter().enumerate() {
+                    if i > 0 {
                         self.push(if negated { " AND " } else { " OR " });
                     }
-                    first = false;
-                    self.push(a)
-                        .push(if negated { ".pk NOT IN " } else { ".pk IN " });
-                    let x = self.index_subquery(types, param, table);
-                    self.push(" AND (");
-                    let mut first_cond = true;
-                    for c in conds.iter().filter(|c| c.table() == table) {
-                        if !first_cond {
-                            self.push(" OR ");
-                        }
-                        first_cond = false;
-                        self.push("(");
-                        self.cond(&x, c);
-                        self.push(")");
-                    }
-                    self.push("))");
+                    let same: Vec<Cond> = conds
+                        .iter()
+                        .filter(|c| c.table() == *table)
+                        .cloned()
+                        .collect();
+                    self.exists(pk, negated, *table, param, &same, false);
                 }
-                if first {
+                if tables.is_empty() {
                     self.push(if negated { "1 = 1" } else { "1 = 0" });
                 }
                 self.push(")");
+            }
+            Filter::Range { param, conds } => {
+                let table = conds.first().map(Cond::table).unwrap_or(IndexTable::Date);
+                self.exists(pk, false, table, param, conds, true);
             }
             Filter::Missing {
                 param,
                 table,
                 missing,
             } => {
-                self.push(a)
-                    .push(if *missing { ".pk NOT IN " } else { ".pk IN " });
-                self.index_subquery(types, param, *table);
-                self.push(")");
+                self.exists(pk, *missing, *table, param, &[], false);
             }
             Filter::Id(ids) => {
-                self.push(a).push(".res_id IN ");
+                let v = self.alias("v");
+                self.push("EXISTS (SELECT 1 FROM resource_version ")
+                    .push(&v)
+                    .push(" WHERE ")
+                    .push(&v)
+                    .push(".pk = ")
+                    .push(pk)
+                    .push(" AND ")
+                    .push(&v)
+                    .push(".res_id IN ");
                 self.list(ids);
+                self.push(")");
             }
             Filter::LastUpdated(conds) => {
-                self.push("(");
+                let v = self.alias("v");
+                self.push("EXISTS (SELECT 1 FROM resource_version ")
+                    .push(&v)
+                    .push(" WHERE ")
+                    .push(&v)
+                    .push(".pk = ")
+                    .push(pk)
+                    .push(" AND (");
                 for (i, c) in conds.iter().enumerate() {
                     if i > 0 {
                         self.push(" OR ");
                     }
                     if let Cond::Date { prefix, low, high } = c {
                         // A lastUpdated is an instant: the range of one millisecond.
-                        let col = format!("{a}.last_updated");
-                        let hi = format!("({a}.last_updated + 1)");
+                        let col = format!("{v}.last_updated");
+                        let hi = format!("({v}.last_updated + 1)");
                         self.push("(");
                         self.date(&col, &hi, *prefix, *low, *high);
                         self.push(")");
@@ -453,54 +770,52 @@ impl Sql {
                 if conds.is_empty() {
                     self.push("1 = 0");
                 }
-                self.push(")");
+                self.push("))");
             }
             Filter::Chain {
                 param,
                 types: targets,
                 filters,
             } => {
-                let r = self.alias("r");
-                let t = self.alias("t");
-                self.push(a)
-                    .push(".pk IN (SELECT ")
-                    .push(&r)
-                    .push(".resource_pk FROM ix_reference ")
-                    .push(&r)
+                let x = self.alias("x");
+                self.push("EXISTS (SELECT 1 FROM ix_reference ")
+                    .push(&x)
                     .push(" WHERE ")
-                    .push(&r)
+                    .push(&x)
+                    .push(".resource_pk = ")
+                    .push(pk)
+                    .push(" AND ")
+                    .push(&x)
                     .push(".param = ")
-                    .text(param);
-                self.types(&format!("{r}.res_type"), types);
-                self.push(" AND ")
-                    .push(&r)
-                    .push(".target IN (SELECT ")
-                    .push(&t)
-                    .push(".res_type || '/' || ")
-                    .push(&t)
-                    .push(".res_id FROM resource_version ")
-                    .push(&t)
-                    .push(" WHERE ")
-                    .push(&t)
-                    .push(".is_current AND NOT ")
-                    .push(&t)
-                    .push(".deleted");
-                self.types(&format!("{t}.res_type"), targets);
-                self.filters(&t, targets, filters);
-                self.push("))");
+                    .text(param)
+                    .push(" AND ")
+                    .push(&x)
+                    .push(".target IN ");
+                self.targets_of(targets, filters);
+                self.push(")");
             }
             Filter::Has {
                 source_type,
                 param,
                 filters,
             } => {
+                // The resources some `source_type` meeting `filters` points at through `param`.
+                let v = self.alias("v");
                 let r = self.alias("r");
-                let s = self.alias("s");
                 let src = [source_type.clone()];
-                self.push("(")
-                    .push(a)
+                self.push(pk)
+                    .push(" IN (SELECT ")
+                    .push(&v)
+                    .push(".pk FROM resource_version ")
+                    .push(&v)
+                    .push(" WHERE ")
+                    .push(&v)
+                    .push(".is_current AND NOT ")
+                    .push(&v)
+                    .push(".deleted AND (")
+                    .push(&v)
                     .push(".res_type || '/' || ")
-                    .push(a)
+                    .push(&v)
                     .push(".res_id) IN (SELECT ")
                     .push(&r)
                     .push(".target FROM ix_reference ")
@@ -510,39 +825,37 @@ impl Sql {
                     .push(".param = ")
                     .text(param);
                 self.types(&format!("{r}.res_type"), &src);
-                self.push(" AND ")
-                    .push(&r)
-                    .push(".resource_pk IN (SELECT ")
-                    .push(&s)
-                    .push(".pk FROM resource_version ")
-                    .push(&s)
-                    .push(" WHERE ")
-                    .push(&s)
-                    .push(".is_current AND NOT ")
-                    .push(&s)
-                    .push(".deleted");
-                self.types(&format!("{s}.res_type"), &src);
-                self.filters(&s, &src, filters);
-                self.push("))");
+                self.push(" AND ").push(&r).push(".resource_pk IN (");
+                self.keys(&src, filters, None);
+                self.push(")))");
             }
-            Filter::Compartment { ty, id } => {
+            Filter::Compartment { ty, id, links } => {
                 let x = self.alias("x");
-                self.push("(")
-                    .push(a)
-                    .push(".pk IN (SELECT ")
-                    .push(&x)
-                    .push(".resource_pk FROM ix_reference ")
+                let v = self.alias("v");
+                self.push("(EXISTS (SELECT 1 FROM ix_reference ")
                     .push(&x)
                     .push(" WHERE ")
+                    .push(&x)
+                    .push(".resource_pk = ")
+                    .push(pk)
+                    .push(" AND ")
                     .push(&x)
                     .push(".target = ")
                     .text(&format!("{ty}/{id}"))
-                    .push(") OR (")
-                    .push(a)
+                    .push(" AND ");
+                self.links(&x, links);
+                self.push(") OR EXISTS (SELECT 1 FROM resource_version ")
+                    .push(&v)
+                    .push(" WHERE ")
+                    .push(&v)
+                    .push(".pk = ")
+                    .push(pk)
+                    .push(" AND ")
+                    .push(&v)
                     .push(".res_type = ")
                     .text(ty)
                     .push(" AND ")
-                    .push(a)
+                    .push(&v)
                     .push(".res_id = ")
                     .text(id)
                     .push("))");
@@ -559,13 +872,10 @@ impl Sql {
     fn date(&mut self, lo: &str, hi: &str, prefix: Prefix, low: i64, high: i64) {
         match prefix {
             Prefix::Eq => {
-                self.push(lo)
-                    .push(" >= ")
-                    .int(low)
-                    .push(" AND ")
-                    .push(hi)
-                    .push(" <= ")
-                    .int(high);
+                // `lo <= high` follows (lo <= hi); said, it bounds the index range on lo.
+                self.push(lo).push(" >= ").int(low);
+                self.push(" AND ").push(lo).push(" <= ").int(high);
+                self.push(" AND ").push(hi).push(" <= ").int(high);
             }
             Prefix::Ne => {
                 self.push("NOT (").push(lo).push(" >= ").int(low);
@@ -578,6 +888,8 @@ impl Sql {
                 self.push(lo).push(" < ").int(low);
             }
             Prefix::Ge => {
+                // Either way hi >= low: said first, for the index on hi.
+                self.push(hi).push(" >= ").int(low).push(" AND (");
                 self.push(hi)
                     .push(" > ")
                     .int(high)
@@ -585,9 +897,15 @@ impl Sql {
                     .push(lo)
                     .push(" >= ")
                     .int(low);
-                self.push(" AND ").push(hi).push(" <= ").int(high).push(")");
+                self.push(" AND ")
+                    .push(hi)
+                    .push(" <= ")
+                    .int(high)
+                    .push("))");
             }
             Prefix::Le => {
+                // Either way lo <= high: said first, for the index on lo.
+                self.push(lo).push(" <= ").int(high).push(" AND (");
                 self.push(lo)
                     .push(" < ")
                     .int(low)
@@ -595,7 +913,11 @@ impl Sql {
                     .push(lo)
                     .push(" >= ")
                     .int(low);
-                self.push(" AND ").push(hi).push(" <= ").int(high).push(")");
+                self.push(" AND ")
+                    .push(hi)
+                    .push(" <= ")
+                    .int(high)
+                    .push("))");
             }
             Prefix::Sa => {
                 self.push(lo).push(" >= ").int(high);
@@ -959,50 +1281,80 @@ fn tables_of(conds: &[Cond]) -> Vec<IndexTable> {
     out
 }
 
+/// Longest a search statement may run on PostgreSQL, in ms (0: no limit); set by `Store::open`.
+static TIMEOUT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(10_000);
+
+pub(super) fn set_timeout(ms: u64) {
+    TIMEOUT_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+}
+
 impl Session<'_> {
-    fn sql(&self) -> Sql {
-        Sql::new(self.backend() == super::Backend::Postgres)
+    /// Runs a search statement within the search time limit. PostgreSQL cancels it past the
+    /// limit (`statement_timeout`, set around it on this connection only), and the search
+    /// answers `too-costly`. SQLite has no such limit here: diesel 2.3 exposes no progress
+    /// handler; its searches are bounded by the driven plans (see [`Sql::keys`]).
+    fn timed<U>(&mut self, sql: Sql) -> Result<Vec<U>, StoreError>
+    where
+        U: QueryableByName<diesel::pg::Pg> + QueryableByName<diesel::sqlite::Sqlite> + 'static,
+    {
+        let ms = TIMEOUT_MS.load(std::sync::atomic::Ordering::Relaxed);
+        if ms == 0 || !sql.postgres {
+            return sql.load(self.db_mut());
+        }
+        diesel::sql_query(format!("SET statement_timeout = {ms}")).execute(self.db_mut())?;
+        let out = sql.load(self.db_mut());
+        match out {
+            Err(StoreError::Db(diesel::result::Error::DatabaseError(_, info)))
+                if info.message().contains("statement timeout") =>
+            {
+                // Inside a transaction the SET goes with its rollback; outside, reset it now.
+                let _ = diesel::sql_query("RESET statement_timeout").execute(self.db_mut());
+                Err(StoreError::TooCostly(ms))
+            }
+            other => {
+                let reset = diesel::sql_query("RESET statement_timeout").execute(self.db_mut());
+                let rows = other?;
+                reset?;
+                Ok(rows)
+            }
+        }
     }
 
-    fn search_where(sql: &mut Sql, q: &SearchQuery) {
-        sql.push(" FROM resource_version rv WHERE rv.is_current AND NOT rv.deleted");
-        sql.types("rv.res_type", &q.types);
-        sql.filters("rv", &q.types, &q.filters);
+    fn sql(&self) -> Sql {
+        Sql::new(self.backend() == super::Backend::Postgres)
     }
 
     /// One page of a search, in primary key order (or reversed, for `before`), or in the
     /// order of its sort keys.
     pub fn search(&mut self, q: &SearchQuery) -> Result<Vec<Found>, StoreError> {
+        let filters = merge_ranges(&q.filters);
         if !q.sort.is_empty() {
-            return self.search_sorted(q);
+            return self.search_sorted(q, &filters);
         }
         // Primary keys first, bodies for the page only: sorting whole rows would carry every
         // match's body through the sort.
-        let backward = q.before.is_some() && q.after.is_none();
+        let page = Page {
+            after: q.after,
+            before: q.before,
+            limit: q.limit,
+            backward: q.before.is_some() && q.after.is_none(),
+        };
         let mut sql = self.sql();
         sql.push(
             "SELECT o.pk, o.res_type, o.res_id, o.version, o.last_updated, o.body \
-             FROM resource_version o WHERE o.pk IN (SELECT rv.pk",
+             FROM resource_version o WHERE o.pk IN (SELECT k.pk FROM (",
         );
-        Self::search_where(&mut sql, q);
-        if let Some(after) = q.after {
-            sql.push(" AND rv.pk > ").int(after);
-        }
-        if let Some(before) = q.before {
-            sql.push(" AND rv.pk < ").int(before);
-        }
-        sql.push(if backward {
-            " ORDER BY rv.pk DESC LIMIT "
-        } else {
-            " ORDER BY rv.pk LIMIT "
-        });
-        sql.int(q.limit);
-        sql.push(") ORDER BY o.pk");
+        sql.keys(&q.types, &filters, Some(&page));
         // A backward page is the `limit` rows just before `before`, ascending like any other.
-        sql.load(self.db_mut())
+        sql.push(") k) ORDER BY o.pk");
+        self.timed(sql)
     }
 
-    fn search_sorted(&mut self, q: &SearchQuery) -> Result<Vec<Found>, StoreError> {
+    fn search_sorted(
+        &mut self,
+        q: &SearchQuery,
+        filters: &[Filter],
+    ) -> Result<Vec<Found>, StoreError> {
         let mut sql = self.sql();
         sql.push(
             "SELECT o.pk, o.res_type, o.res_id, o.version, o.last_updated, o.body FROM \
@@ -1013,8 +1365,9 @@ impl Session<'_> {
             sql.sort_expr("rv", key);
             sql.push(&format!(" AS s{i}"));
         }
-        Self::search_where(&mut sql, q);
-        sql.push(") q");
+        sql.push(" FROM resource_version rv WHERE rv.pk IN (SELECT k.pk FROM (");
+        sql.keys(&q.types, filters, None);
+        sql.push(") k)) q");
         if let Some((values, pk)) = &q.sort_after {
             sql.push(" WHERE ");
             sql.keyset(&q.sort, values, *pk);
@@ -1029,7 +1382,7 @@ impl Session<'_> {
         sql.push(" LIMIT ").int(q.limit);
         sql.push(") p JOIN resource_version o ON o.pk = p.pk ORDER BY ")
             .push(&order.replace("{}", "p"));
-        sql.load(self.db_mut())
+        self.timed(sql)
     }
 
     /// The sort values of one row (for the cursor of the next page).
@@ -1065,10 +1418,12 @@ impl Session<'_> {
 
     /// How many resources a search matches in all.
     pub fn search_count(&mut self, q: &SearchQuery) -> Result<i64, StoreError> {
+        let filters = merge_ranges(&q.filters);
         let mut sql = self.sql();
-        sql.push("SELECT COUNT(*) AS n");
-        Self::search_where(&mut sql, q);
-        let rows: Vec<Count> = sql.load(self.db_mut())?;
+        sql.push("SELECT COUNT(*) AS n FROM (");
+        sql.keys(&q.types, &filters, None);
+        sql.push(") k");
+        let rows: Vec<Count> = self.timed(sql)?;
         Ok(rows.first().map(|c| c.n).unwrap_or(0))
     }
 

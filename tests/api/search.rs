@@ -301,6 +301,9 @@ async fn reference_chain_and_has_search(app: TestApp) {
         .await)
         .is_empty()
     );
+    // This server's own Patient/an, named by its full URL.
+    let own = format!("Observation?subject={}/Patient/an", app.base);
+    assert_eq!(ids(&search(&app, &own).await), ["o1", "o2"]);
     assert_eq!(
         ids(&search(&app, "Patient?general-practitioner=Practitioner/dr1").await),
         ["an"]
@@ -500,6 +503,21 @@ async fn system_search_across_types(app: TestApp) {
 
 async fn everything_returns_the_patients_whole_record(app: TestApp) {
     population(&app).await;
+    // A Task is not in the R4 Patient compartment, whatever it points at; another patient's
+    // observation that names Bình as performer is not An's.
+    put(
+        &app,
+        json!({"resourceType": "Task", "id": "t1", "status": "requested", "intent": "order",
+        "for": {"reference": "Patient/an"}}),
+    )
+    .await;
+    put(
+        &app,
+        json!({"resourceType": "Observation", "id": "o5", "status": "final",
+        "code": {"text": "x"}, "subject": {"reference": "Patient/binh"},
+        "performer": [{"reference": "Patient/an"}]}),
+    )
+    .await;
     let b = search(&app, "Patient/an/$everything").await;
     let mut got: Vec<String> = b["entry"]
         .as_array()
@@ -514,7 +532,30 @@ async fn everything_returns_the_patients_whole_record(app: TestApp) {
         })
         .collect();
     got.sort();
-    assert_eq!(got, ["Observation/o1", "Observation/o2", "Patient/an"]);
+    // The compartment (o5 through `performer`), and what it refers to: An's organization
+    // and doctor, included; never Bình, whom o5 is about.
+    assert_eq!(
+        got,
+        [
+            "Observation/o1",
+            "Observation/o2",
+            "Observation/o5",
+            "Organization/bvbm",
+            "Patient/an",
+            "Practitioner/dr1"
+        ]
+    );
+    let included: Vec<&str> = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["search"]["mode"] == "include")
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap())
+        .collect();
+    assert_eq!(included.len(), 2, "{included:?}");
+    assert!(!included.contains(&"Patient"));
+    assert_eq!(app.get("Patient/an/Task").await.status, 400);
+    assert_eq!(app.get("Observation/o1/Patient").await.status, 400);
     let b = search(&app, "Patient/an/$everything?_type=Observation&_count=1").await;
     assert_eq!(b["entry"].as_array().unwrap().len(), 1);
     assert!(b["link"].as_array().unwrap().iter().any(|l| {
@@ -638,7 +679,111 @@ async fn own_search_parameter_works_after_reindex(app: TestApp) {
     );
 }
 
+/// Whichever criterion drives a search (a name matching twice in one patient, a code, an id,
+/// a `:missing`), the pages hold each match once, the counts agree, and the other criteria
+/// still hold.
+async fn every_criterion_pages_and_counts_alike(app: TestApp) {
+    let mut female = Vec::new();
+    for i in 0..5 {
+        // Both the family and the given name start with "nguyen": two index rows match.
+        let p = app
+            .create(&json!({"resourceType": "Patient", "gender": "female",
+            "name": [{"family": "Nguyễn", "given": [format!("Nguyên{i}")]}]}))
+            .await;
+        female.push(p["id"].as_str().unwrap().to_string());
+    }
+    for _ in 0..2 {
+        app.create(
+            &json!({"resourceType": "Patient", "gender": "male", "name": [{"family": "Nguyễn"}]}),
+        )
+        .await;
+    }
+    app.create(&json!({"resourceType": "Patient", "name": [{"family": "Nguyễn"}]}))
+        .await;
+    app.create(
+        &json!({"resourceType": "Patient", "gender": "female", "name": [{"family": "Trần"}]}),
+    )
+    .await;
+
+    let mut seen = Vec::new();
+    let mut url = "Patient?name=nguyen&_count=2".to_string();
+    loop {
+        let b = search(&app, &url).await;
+        let page = ids(&b);
+        assert!(page.len() <= 2, "{b}");
+        seen.extend(page);
+        let next = b["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next");
+        match next {
+            Some(n) => {
+                url = n["url"]
+                    .as_str()
+                    .unwrap()
+                    .split("/fhir/")
+                    .nth(1)
+                    .unwrap()
+                    .to_string()
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 8, "{seen:?}");
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 8, "a page repeated a match: {seen:?}");
+
+    assert_eq!(
+        search(&app, "Patient?name=nguyen&_summary=count").await["total"],
+        8
+    );
+    assert_eq!(
+        search(&app, "Patient?name=nguyen&_total=accurate&_count=1").await["total"],
+        8
+    );
+    let mut f = ids(&search(&app, "Patient?name=nguyen&gender=female").await);
+    f.sort();
+    let mut want = female.clone();
+    want.sort();
+    assert_eq!(f, want);
+    assert_eq!(
+        search(&app, "Patient?gender=female&name=nguyen&_summary=count").await["total"],
+        5
+    );
+    assert_eq!(
+        search(&app, "Patient?name=nguyen&gender:not=female&_summary=count").await["total"],
+        3
+    );
+    assert_eq!(
+        search(
+            &app,
+            "Patient?name=nguyen&gender:missing=true&_summary=count"
+        )
+        .await["total"],
+        1
+    );
+    assert_eq!(
+        search(
+            &app,
+            "Patient?gender:missing=false&name=tran&_summary=count"
+        )
+        .await["total"],
+        1
+    );
+    let two = format!(
+        "Patient?_id={},{}&name=nguyen&gender=female",
+        female[0], female[1]
+    );
+    assert_eq!(ids(&search(&app, &two).await).len(), 2);
+    let none = format!("Patient?_id={}&gender=male", female[0]);
+    assert!(ids(&search(&app, &none).await).is_empty());
+}
+
 crate::on_both_databases!(
+    every_criterion_pages_and_counts_alike,
     string_search_folds_vietnamese_diacritics,
     token_search_matches_system_and_code,
     date_search_honours_prefixes_and_precision,

@@ -130,6 +130,9 @@ fn includes(
                         R4.resource_type(ty).is_some()
                             && !id.contains('/')
                             && inc.target.is_none_or(|want| want == ty)
+                            && spec
+                                .include_outside
+                                .is_none_or(|c| !crate::fhir::compartment::holds(c, ty))
                     }
                     None => false,
                 })

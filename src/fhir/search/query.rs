@@ -68,6 +68,9 @@ pub struct SearchSpec {
     pub elements: Option<Vec<String>>,
     pub includes: Vec<Include>,
     pub revincludes: Vec<Include>,
+    /// Includes are kept to resources outside this compartment (Patient/$everything adds
+    /// what the record refers to, never another patient's resources).
+    pub include_outside: Option<&'static str>,
     /// The parameters that took effect, for the `self` and paging links.
     pub used: Vec<(String, String)>,
     /// Parameters ignored (lenient handling), reported in an OperationOutcome entry.
@@ -711,6 +714,38 @@ fn parse_include(
     })
 }
 
+impl SearchSpec {
+    /// A reference given as an absolute URL under this server's own `base`
+    /// (`https://ehr.example.vn/fhir/Patient/123`) also finds the relative references
+    /// (`Patient/123`) resources hold, in chains and `_has` too.
+    pub fn localise(&mut self, base: &str) {
+        fn walk(filters: &mut [Filter], prefix: &str) {
+            for f in filters {
+                match f {
+                    Filter::Any { conds, .. } | Filter::None { conds, .. } => {
+                        for c in conds {
+                            if let Cond::Reference(targets) = c {
+                                let local: Vec<String> = targets
+                                    .iter()
+                                    .filter_map(|t| t.strip_prefix(prefix))
+                                    .filter_map(crate::fhir::search::extract::local_target)
+                                    .collect();
+                                targets.extend(local);
+                            }
+                        }
+                    }
+                    Filter::Chain { filters, .. } | Filter::Has { filters, .. } => {
+                        walk(filters, prefix)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let prefix = format!("{}/", base.trim_end_matches('/'));
+        walk(&mut self.filters, &prefix);
+    }
+}
+
 /// Parses a search of `ty` (None: all types, with `_type`). Problems refuse the search when
 /// `strict`, else they are left out and listed in `ignored`.
 pub fn parse(
@@ -732,6 +767,7 @@ pub fn parse(
         elements: None,
         includes: Vec::new(),
         revincludes: Vec::new(),
+        include_outside: None,
         used: Vec::new(),
         ignored: Vec::new(),
     };
