@@ -40,10 +40,10 @@ pub struct Config {
     #[arg(long, env = "YBA_SHUTDOWN_TIMEOUT", default_value_t = 30)]
     pub shutdown_timeout: u64,
 
-    /// Longest a search statement may run on PostgreSQL, in seconds, before the search is
-    /// refused as too costly (0: no limit).
-    #[arg(long, env = "YBA_SEARCH_TIMEOUT", default_value_t = 10)]
-    pub search_timeout: u64,
+    /// Longest a search statement may run on PostgreSQL before the search is refused as too
+    /// costly: `10s`, `500ms`, or seconds (`10`); `0`: no limit.
+    #[arg(long = "search-timeout", env = "YBA_SEARCH_TIMEOUT", default_value = "10s", value_parser = parse_millis)]
+    pub search_timeout_ms: u64,
 
     /// Log one line per request (method, route, status, time; never query strings or bodies).
     #[arg(long, env = "YBA_ACCESS_LOG", default_value_t = false)]
@@ -62,7 +62,7 @@ impl Config {
             sqlite_synchronous: "full".into(),
             workers: Some(2),
             shutdown_timeout: 30,
-            search_timeout: 10,
+            search_timeout_ms: 10_000,
             access_log: false,
         }
     }
@@ -72,9 +72,25 @@ impl Config {
             url: self.database_url.clone(),
             pool_size: self.db_pool,
             sqlite_synchronous: self.sqlite_synchronous.clone(),
-            search_timeout_ms: self.search_timeout.saturating_mul(1000),
+            search_timeout_ms: self.search_timeout_ms,
         }
     }
+}
+
+/// Parses a duration into milliseconds: `250ms`, `10s`, or bare seconds (`10`).
+pub fn parse_millis(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else {
+        (s, 1000)
+    };
+    num.trim()
+        .parse::<u64>()
+        .map(|n| n.saturating_mul(mult))
+        .map_err(|_| format!("'{s}' is not a duration: give 10s, 500ms or a number of seconds"))
 }
 
 /// Parses a byte size: `1048576`, `512K`, `16M`, `1G` (binary multiples).

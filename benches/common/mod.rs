@@ -153,11 +153,23 @@ where
 }
 
 pub fn rss_kb(pid: u32) -> u64 {
+    status_kb(pid, "VmRSS:")
+}
+
+/// The process's own (anonymous) memory in kB: RSS without the file pages it maps. SQLite's
+/// memory-mapped reads map the database once per connection, and VmRSS counts a shared file
+/// page once per mapping; RssAnon is what the process itself allocated.
+#[allow(dead_code)]
+pub fn anon_kb(pid: u32) -> u64 {
+    status_kb(pid, "RssAnon:")
+}
+
+fn status_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)

@@ -83,6 +83,9 @@ impl From<diesel::result::Error> for StoreError {
             }
             // SQLite reports a lock it could not get within busy_timeout, and PostgreSQL a
             // deadlock between two transactions, as unknown errors: both are worth a retry.
+            E::DatabaseError(_, ref info) if info.message().contains("statement timeout") => {
+                StoreError::TooCostly(STATEMENT_TIMEOUT_MS.load(Ordering::Relaxed))
+            }
             E::DatabaseError(K::Unknown, ref info)
                 if info.message().contains("locked")
                     || info.message().contains("deadlock detected") =>
@@ -109,7 +112,7 @@ pub struct StoreConfig {
     pub pool_size: u32,
     /// SQLite `synchronous`: FULL makes every commit durable against power loss.
     pub sqlite_synchronous: String,
-    /// Longest a search statement may run on PostgreSQL (0: no limit).
+    /// Longest a statement (in practice, a search) may run on PostgreSQL (0: no limit).
     pub search_timeout_ms: u64,
 }
 
@@ -150,6 +153,28 @@ impl CustomizeConnection<Db, diesel::r2d2::Error> for SqlitePragmas {
     }
 }
 
+/// PostgreSQL session settings of every pooled connection: no statement runs longer than the
+/// search time limit (`YBA_SEARCH_TIMEOUT`). Searches are what can run long; no write of this
+/// server's comes near it. A statement stopped by it is [`StoreError::TooCostly`].
+#[derive(Debug)]
+struct PgSettings {
+    statement_timeout_ms: u64,
+}
+
+impl CustomizeConnection<Db, diesel::r2d2::Error> for PgSettings {
+    fn on_acquire(&self, conn: &mut Db) -> Result<(), diesel::r2d2::Error> {
+        STATEMENT_TIMEOUT_MS.store(self.statement_timeout_ms, Ordering::Relaxed);
+        conn.batch_execute(&format!(
+            "SET statement_timeout = {}",
+            self.statement_timeout_ms
+        ))
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+/// The statement time limit in force (for the message of [`StoreError::TooCostly`]).
+static STATEMENT_TIMEOUT_MS: AtomicU64 = AtomicU64::new(0);
+
 fn sqlite_pragmas(conn: &mut Db, synchronous: &str) -> diesel::QueryResult<()> {
     // WAL lets readers run beside the writer; busy_timeout waits for a lock instead of failing.
     conn.batch_execute(&format!(
@@ -163,7 +188,6 @@ impl Store {
     /// Opens (creating it if need be) the database at `config.url` and runs pending migrations.
     pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
         let (backend, url) = parse_url(&config.url)?;
-        search::set_timeout(config.search_timeout_ms);
         let synchronous = match config.sqlite_synchronous.to_ascii_uppercase().as_str() {
             s @ ("OFF" | "NORMAL" | "FULL" | "EXTRA") => s.to_string(),
             other => {
@@ -216,9 +240,18 @@ impl Store {
                     .min_idle(Some(2.min(config.pool_size)))
                     .connection_timeout(Duration::from_secs(10))
                     .test_on_check_out(false)
+                    .connection_customizer(Box::new(PgSettings {
+                        statement_timeout_ms: config.search_timeout_ms,
+                    }))
                     .build(ConnectionManager::new(url.clone()))?;
                 let mut conn = pool.get()?;
+                // Migrations may build indexes for longer than a search may run.
+                conn.batch_execute("SET statement_timeout = 0")?;
                 run_migrations(&mut conn, backend)?;
+                conn.batch_execute(&format!(
+                    "SET statement_timeout = {}",
+                    config.search_timeout_ms
+                ))?;
                 let reader = ThreadReader {
                     id: STORE_IDS.fetch_add(1, Ordering::Relaxed),
                     backend,

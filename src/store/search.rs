@@ -109,6 +109,19 @@ impl IndexTable {
 }
 
 impl Cond {
+    /// Whether the condition is a range of values (its index rows are not in key order).
+    fn is_range(&self) -> bool {
+        match self {
+            Cond::Token { code, .. } => code.is_none(),
+            Cond::StringExact { .. } | Cond::Reference(_) | Cond::UriEq(_) | Cond::UriAbove(_) => {
+                false
+            }
+            // Its index leads with the first component's code: key order within it.
+            Cond::Composite { .. } => false,
+            _ => true,
+        }
+    }
+
     fn table(&self) -> IndexTable {
         match self {
             Cond::Token { .. } => IndexTable::Token,
@@ -468,9 +481,19 @@ impl Sql {
             Some(Filter::Any { param, conds }) | Some(Filter::Range { param, conds }) => {
                 let all = matches!(driver.map(|i| &filters[i]), Some(Filter::Range { .. }));
                 let table = conds[0].table();
+                // A range's rows come out of its index in value order, not key order. Said
+                // as `+ 0`, the key is no column a planner could walk an index of in key order
+                // hoping to meet `limit` matches soon (PostgreSQL did, on (resource_pk,
+                // param), and read every date row of the database to find none); the range's
+                // matches are gathered from the value index and sorted instead.
+                let ranged = all || conds.iter().any(Cond::is_range);
                 self.push("SELECT DISTINCT ")
                     .push(&d)
-                    .push(".resource_pk AS pk FROM ")
+                    .push(if ranged {
+                        ".resource_pk + 0 AS pk FROM "
+                    } else {
+                        ".resource_pk AS pk FROM "
+                    })
                     .push(table.name())
                     .push(" ")
                     .push(&d)
@@ -597,8 +620,7 @@ impl Sql {
             if let Some(before) = p.before {
                 self.push(" AND ").push(&pk).push(" < ").int(before);
             }
-            self.push(" ORDER BY ")
-                .push(&pk)
+            self.push(" ORDER BY pk")
                 .push(if p.backward { " DESC" } else { "" })
                 .push(" LIMIT ")
                 .int(p.limit);
@@ -1281,45 +1303,7 @@ fn tables_of(conds: &[Cond]) -> Vec<IndexTable> {
     out
 }
 
-/// Longest a search statement may run on PostgreSQL, in ms (0: no limit); set by `Store::open`.
-static TIMEOUT_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(10_000);
-
-pub(super) fn set_timeout(ms: u64) {
-    TIMEOUT_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
-}
-
 impl Session<'_> {
-    /// Runs a search statement within the search time limit. PostgreSQL cancels it past the
-    /// limit (`statement_timeout`, set around it on this connection only), and the search
-    /// answers `too-costly`. SQLite has no such limit here: diesel 2.3 exposes no progress
-    /// handler; its searches are bounded by the driven plans (see [`Sql::keys`]).
-    fn timed<U>(&mut self, sql: Sql) -> Result<Vec<U>, StoreError>
-    where
-        U: QueryableByName<diesel::pg::Pg> + QueryableByName<diesel::sqlite::Sqlite> + 'static,
-    {
-        let ms = TIMEOUT_MS.load(std::sync::atomic::Ordering::Relaxed);
-        if ms == 0 || !sql.postgres {
-            return sql.load(self.db_mut());
-        }
-        diesel::sql_query(format!("SET statement_timeout = {ms}")).execute(self.db_mut())?;
-        let out = sql.load(self.db_mut());
-        match out {
-            Err(StoreError::Db(diesel::result::Error::DatabaseError(_, info)))
-                if info.message().contains("statement timeout") =>
-            {
-                // Inside a transaction the SET goes with its rollback; outside, reset it now.
-                let _ = diesel::sql_query("RESET statement_timeout").execute(self.db_mut());
-                Err(StoreError::TooCostly(ms))
-            }
-            other => {
-                let reset = diesel::sql_query("RESET statement_timeout").execute(self.db_mut());
-                let rows = other?;
-                reset?;
-                Ok(rows)
-            }
-        }
-    }
-
     fn sql(&self) -> Sql {
         Sql::new(self.backend() == super::Backend::Postgres)
     }
@@ -1347,7 +1331,7 @@ impl Session<'_> {
         sql.keys(&q.types, &filters, Some(&page));
         // A backward page is the `limit` rows just before `before`, ascending like any other.
         sql.push(") k) ORDER BY o.pk");
-        self.timed(sql)
+        sql.load(self.db_mut())
     }
 
     fn search_sorted(
@@ -1382,7 +1366,7 @@ impl Session<'_> {
         sql.push(" LIMIT ").int(q.limit);
         sql.push(") p JOIN resource_version o ON o.pk = p.pk ORDER BY ")
             .push(&order.replace("{}", "p"));
-        self.timed(sql)
+        sql.load(self.db_mut())
     }
 
     /// The sort values of one row (for the cursor of the next page).
@@ -1423,7 +1407,7 @@ impl Session<'_> {
         sql.push("SELECT COUNT(*) AS n FROM (");
         sql.keys(&q.types, &filters, None);
         sql.push(") k");
-        let rows: Vec<Count> = self.timed(sql)?;
+        let rows: Vec<Count> = sql.load(self.db_mut())?;
         Ok(rows.first().map(|c| c.n).unwrap_or(0))
     }
 

@@ -105,6 +105,16 @@ pub async fn spawn_postgres_with(tune: impl FnOnce(&mut Config)) -> Option<TestA
     Some(start(config, None, Some(schema)).await)
 }
 
+/// Another server, tuned, on the same PostgreSQL schema as `app` (which keeps the schema).
+pub async fn spawn_postgres_beside(app: &TestApp, tune: impl FnOnce(&mut Config)) -> TestApp {
+    let schema = app.schema.clone().expect("a PostgreSQL test app");
+    let url = postgres_url();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let mut config = Config::local(format!("{url}{sep}options=-csearch_path%3D{schema}"));
+    tune(&mut config);
+    start(config, None, None).await
+}
+
 /// A fresh PostgreSQL schema: its connection URL and name; None (test skipped) when PostgreSQL
 /// is not reachable, except in CI, where it must be.
 async fn postgres_schema() -> Option<(String, String)> {

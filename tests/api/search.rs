@@ -782,6 +782,45 @@ async fn every_criterion_pages_and_counts_alike(app: TestApp) {
     assert!(ids(&search(&app, &none).await).is_empty());
 }
 
+/// A search that runs past the time limit is stopped and refused as `too-costly` (PostgreSQL:
+/// statement_timeout); the server goes on answering.
+#[tokio::test]
+async fn a_search_past_the_time_limit_is_too_costly_on_postgres() {
+    let Some(app) = crate::helpers::spawn_postgres_with(|_| {}).await else {
+        return;
+    };
+    let entries: Vec<Value> = (0..3000)
+        .map(|i| {
+            json!({"resource": {"resourceType": "Observation", "status": "final",
+            "code": {"text": format!("đo lần {i}")},
+            "effectiveDateTime": format!("2024-01-{:02}T08:00:00Z", 1 + i % 28),
+            "valueQuantity": {"value": i, "unit": "mmHg"}},
+            "request": {"method": "POST", "url": "Observation"}})
+        })
+        .collect();
+    let r = app
+        .post_json(
+            "",
+            &json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let slow =
+        "Observation?value-quantity=ge0&code:text=do&_sort=-date,value-quantity&_total=accurate";
+    assert_eq!(search(&app, slow).await["total"], 3000);
+
+    let hurried = crate::helpers::spawn_postgres_beside(&app, |c| c.search_timeout_ms = 1).await;
+    let r = hurried.get(slow).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let o = r.json();
+    assert_eq!(o["resourceType"], "OperationOutcome");
+    assert_eq!(o["issue"][0]["code"], "too-costly", "{o}");
+    // The server goes on answering.
+    for _ in 0..8 {
+        assert_eq!(hurried.get("metadata").await.status, 200);
+    }
+}
+
 crate::on_both_databases!(
     every_criterion_pages_and_counts_alike,
     string_search_folds_vietnamese_diacritics,

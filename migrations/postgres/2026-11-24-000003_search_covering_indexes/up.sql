@@ -13,7 +13,7 @@ CREATE INDEX ix_string_pk ON ix_string (resource_pk, param);
 CREATE INDEX ix_string_lookup ON ix_string (res_type, param, norm, resource_pk);
 
 DROP INDEX ix_token_lookup;
-CREATE INDEX ix_token_lookup ON ix_token (res_type, param, code, system, resource_pk);
+CREATE INDEX ix_token_lookup ON ix_token (res_type, param, code, resource_pk, system);
 
 DROP INDEX ix_reference_pk;
 DROP INDEX ix_reference_lookup;
