@@ -821,35 +821,34 @@ impl Sql {
                 param,
                 filters,
             } => {
-                // The resources some `source_type` meeting `filters` points at through `param`.
+                // Some `source_type` meeting `filters` points at this resource through
+                // `param`: per candidate, its references by target (the target index), each
+                // tested against the sources' keys.
                 let v = self.alias("v");
                 let r = self.alias("r");
                 let src = [source_type.clone()];
-                self.push(pk)
-                    .push(" IN (SELECT ")
+                self.push("EXISTS (SELECT 1 FROM resource_version ")
                     .push(&v)
-                    .push(".pk FROM resource_version ")
-                    .push(&v)
+                    .push(", ix_reference ")
+                    .push(&r)
                     .push(" WHERE ")
                     .push(&v)
-                    .push(".is_current AND NOT ")
-                    .push(&v)
-                    .push(".deleted AND (")
+                    .push(".pk = ")
+                    .push(pk)
+                    .push(" AND ")
+                    .push(&r)
+                    .push(".target = ")
                     .push(&v)
                     .push(".res_type || '/' || ")
                     .push(&v)
-                    .push(".res_id) IN (SELECT ")
-                    .push(&r)
-                    .push(".target FROM ix_reference ")
-                    .push(&r)
-                    .push(" WHERE ")
+                    .push(".res_id AND ")
                     .push(&r)
                     .push(".param = ")
                     .text(param);
                 self.types(&format!("{r}.res_type"), &src);
                 self.push(" AND ").push(&r).push(".resource_pk IN (");
                 self.keys(&src, filters, None);
-                self.push(")))");
+                self.push("))");
             }
             Filter::Compartment { ty, id, links } => {
                 let x = self.alias("x");
