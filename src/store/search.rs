@@ -385,19 +385,20 @@ enum Bind {
 
 /// SQL text with its bound values, placeholders in the engine's syntax.
 struct Sql {
+    /// The SQL without placeholders; `marks[i]` is where `binds[i]`'s goes.
     text: String,
+    marks: Vec<usize>,
     binds: Vec<Bind>,
-    postgres: bool,
     /// Aliases handed out so far (nested subqueries get their own).
     aliases: usize,
 }
 
 impl Sql {
-    fn new(postgres: bool) -> Sql {
+    fn new() -> Sql {
         Sql {
             text: String::with_capacity(512),
+            marks: Vec::new(),
             binds: Vec::new(),
-            postgres,
             aliases: 0,
         }
     }
@@ -408,13 +409,9 @@ impl Sql {
     }
 
     fn bind(&mut self, b: Bind) -> &mut Sql {
+        // The placeholder is the engine's to write (`$n` or `?`): remember where it goes.
+        self.marks.push(self.text.len());
         self.binds.push(b);
-        if self.postgres {
-            self.text.push('$');
-            self.text.push_str(&self.binds.len().to_string());
-        } else {
-            self.text.push('?');
-        }
         self
     }
 
@@ -1266,23 +1263,96 @@ impl Sql {
     where
         U: QueryableByName<diesel::pg::Pg> + QueryableByName<diesel::sqlite::Sqlite> + 'static,
     {
-        macro_rules! run {
-            ($conn:expr, $backend:ty) => {{
-                let mut q = diesel::sql_query(self.text).into_boxed::<$backend>();
-                for b in self.binds {
-                    q = match b {
-                        Bind::Text(s) => q.bind::<Text, _>(s),
-                        Bind::Int(i) => q.bind::<BigInt, _>(i),
-                        Bind::Float(f) => q.bind::<Double, _>(f),
-                    };
-                }
-                q.load::<U>($conn)?
-            }};
-        }
+        let q = Statement {
+            cache: shapes::admit(&self.text, &self.binds),
+            sql: self,
+        };
         Ok(match db {
-            Db::Postgres(c) => run!(c, diesel::pg::Pg),
-            Db::Sqlite(c) => run!(c, diesel::sqlite::Sqlite),
+            Db::Postgres(c) => q.load::<U>(c)?,
+            Db::Sqlite(c) => q.load::<U>(c)?,
         })
+    }
+}
+
+/// A search statement as diesel runs it: the text with each engine's placeholders, the values
+/// bound, and a prepared statement kept on the connection when its shape is admitted (see
+/// [`shapes`]). A search's text depends on the structure of its criteria only (every value is
+/// bound), so the same kind of search reuses one statement: PostgreSQL neither parses nor, once
+/// it settles on a generic plan, plans it again, and SQLite does not prepare it again.
+struct Statement {
+    sql: Sql,
+    cache: bool,
+}
+
+impl<DB> diesel::query_builder::QueryFragment<DB> for Statement
+where
+    DB: diesel::backend::Backend
+        + diesel::sql_types::HasSqlType<Text>
+        + diesel::sql_types::HasSqlType<BigInt>
+        + diesel::sql_types::HasSqlType<Double>,
+    String: diesel::serialize::ToSql<Text, DB>,
+    i64: diesel::serialize::ToSql<BigInt, DB>,
+    f64: diesel::serialize::ToSql<Double, DB>,
+{
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, DB>,
+    ) -> diesel::QueryResult<()> {
+        if !self.cache {
+            out.unsafe_to_cache_prepared();
+        }
+        let mut from = 0;
+        for (at, b) in self.sql.marks.iter().zip(&self.sql.binds) {
+            out.push_sql(&self.sql.text[from..*at]);
+            match b {
+                Bind::Text(s) => out.push_bind_param::<Text, _>(s)?,
+                Bind::Int(i) => out.push_bind_param::<BigInt, _>(i)?,
+                Bind::Float(f) => out.push_bind_param::<Double, _>(f)?,
+            }
+            from = *at;
+        }
+        out.push_sql(&self.sql.text[from..]);
+        Ok(())
+    }
+}
+
+impl diesel::query_builder::QueryId for Statement {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl diesel::query_builder::Query for Statement {
+    type SqlType = diesel::sql_types::Untyped;
+}
+
+impl<Conn> RunQueryDsl<Conn> for Statement {}
+
+/// Which search shapes may be kept as prepared statements. Every connection keeps a statement
+/// per shape it has run, and diesel's cache never lets one go; a client sending ever new
+/// combinations of criteria must not be able to fill the server and the database with them.
+/// So the first [`shapes::LIMIT`] distinct shapes the process sees are admitted, and any other
+/// runs as a one-off statement, as every search did before.
+mod shapes {
+    use std::collections::HashSet;
+    use std::hash::{Hash, Hasher};
+    use std::sync::Mutex;
+
+    pub const LIMIT: usize = 512;
+
+    static ADMITTED: Mutex<Option<HashSet<u64>>> = Mutex::new(None);
+
+    pub(super) fn admit(text: &str, binds: &[super::Bind]) -> bool {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut h);
+        for b in binds {
+            std::mem::discriminant(b).hash(&mut h);
+        }
+        let key = h.finish();
+        let Ok(mut admitted) = ADMITTED.lock() else {
+            return false;
+        };
+        let set = admitted.get_or_insert_with(HashSet::new);
+        set.contains(&key) || (set.len() < LIMIT && set.insert(key))
     }
 }
 
@@ -1304,7 +1374,7 @@ fn tables_of(conds: &[Cond]) -> Vec<IndexTable> {
 
 impl Session<'_> {
     fn sql(&self) -> Sql {
-        Sql::new(self.backend() == super::Backend::Postgres)
+        Sql::new()
     }
 
     /// One page of a search, in primary key order (or reversed, for `before`), or in the
