@@ -59,6 +59,7 @@ impl Condition {
             limit,
             sort: Vec::new(),
             sort_after: None,
+            sort_before: None,
         })?;
         Ok(rows.into_iter().map(|r| r.res_id).collect())
     }

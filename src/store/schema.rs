@@ -53,6 +53,7 @@ diesel::table! {
         param -> Text,
         low -> BigInt,
         high -> BigInt,
+        wide -> Bool,
     }
 }
 

@@ -252,6 +252,10 @@ fn driver_cost(f: &Filter) -> Option<u32> {
     }
 }
 
+/// The longest span of a narrow date row (31 days: an instant, a day, a month, an encounter);
+/// wider rows (a year, an open period) are flagged `wide` in `ix_date`.
+pub(crate) const NARROW_DATE_MS: i64 = 31 * 86_400_000;
+
 /// One page of keys: after or before a key, at most `limit`, ascending or (backward) not.
 struct Page {
     after: Option<i64>,
@@ -275,6 +279,8 @@ pub struct SearchQuery {
     pub sort: Vec<SortKey>,
     /// Sorted paging: continue after the row with these sort values and primary key.
     pub sort_after: Option<(Vec<SortValue>, i64)>,
+    /// Sorted paging backward: the rows just before the row with these values and key.
+    pub sort_before: Option<(Vec<SortValue>, i64)>,
 }
 
 /// What a search sorts by.
@@ -500,7 +506,11 @@ impl Sql {
                     .text(param);
                 self.types(&format!("{d}.res_type"), types);
                 self.push(" AND ");
-                self.conds(&d, conds, all);
+                if table == IndexTable::Date {
+                    self.date_driver(&d, conds, all);
+                } else {
+                    self.conds(&d, conds, all);
+                }
                 format!("{d}.resource_pk")
             }
             Some(Filter::Missing { param, table, .. }) => {
@@ -676,6 +686,40 @@ impl Sql {
             self.push("1 = 0");
         }
         self.push(")");
+    }
+
+    /// Date conditions driving a search, said so that the date indexes bound the walk: narrow
+    /// rows (spanning at most [`NARROW_DATE_MS`]) whose high end must reach some instant have
+    /// their low end within that span before it, and the wide rows are walked apart.
+    fn date_driver(&mut self, d: &str, conds: &[Cond], all: bool) {
+        let reach = |c: &Cond| match c {
+            Cond::Date { prefix, low, high } => match prefix {
+                Prefix::Ge | Prefix::Eq => Some(*low),
+                Prefix::Gt | Prefix::Sa => Some(*high),
+                _ => None,
+            },
+            _ => None,
+        };
+        // The latest instant every matching row's high end reaches.
+        let floor = if all {
+            conds.iter().filter_map(reach).max()
+        } else if let [one] = conds {
+            reach(one)
+        } else {
+            None
+        };
+        self.push("((").push(d).push(".wide = FALSE");
+        if let Some(f) = floor {
+            self.push(" AND ")
+                .push(d)
+                .push(".low >= ")
+                .int(f.saturating_sub(NARROW_DATE_MS));
+        }
+        self.push(" AND ");
+        self.conds(d, conds, all);
+        self.push(") OR (").push(d).push(".wide = TRUE AND ");
+        self.conds(d, conds, all);
+        self.push("))");
     }
 
     /// `[NOT] EXISTS` an index row of `param` for the resource `pk` meeting the conditions.
@@ -1259,6 +1303,46 @@ impl Sql {
         self.push(")");
     }
 
+    /// Rows before `(values, pk)` in the order of `keys` (missing values last), on the outer
+    /// query's columns `q.s0, q.s1, ...`: the mirror of [`Sql::keyset`].
+    fn keyset_before(&mut self, keys: &[SortKey], values: &[SortValue], pk: i64) {
+        self.push("(");
+        for i in 0..=keys.len() {
+            if i > 0 {
+                self.push(" OR ");
+            }
+            self.push("(1 = 1");
+            for (j, v) in values.iter().enumerate().take(i) {
+                if *v == SortValue::Null {
+                    self.push(&format!(" AND q.s{j} IS NULL"));
+                } else {
+                    self.push(&format!(" AND q.s{j} = "));
+                    self.sort_value(&keys[j], v);
+                }
+            }
+            if i == keys.len() {
+                self.push(" AND q.pk < ").int(pk);
+            } else {
+                match values.get(i) {
+                    None => {
+                        self.push(" AND 1 = 0");
+                    }
+                    // Every value comes before a missing one.
+                    Some(SortValue::Null) => {
+                        self.push(&format!(" AND q.s{i} IS NOT NULL"));
+                    }
+                    Some(v) => {
+                        let op = if keys[i].desc { ">" } else { "<" };
+                        self.push(&format!(" AND q.s{i} {op} "));
+                        self.sort_value(&keys[i], v);
+                    }
+                }
+            }
+            self.push(")");
+        }
+        self.push(")");
+    }
+
     fn load<U>(self, db: &mut Db) -> Result<Vec<U>, StoreError>
     where
         U: QueryableByName<diesel::pg::Pg> + QueryableByName<diesel::sqlite::Sqlite> + 'static,
@@ -1421,17 +1505,30 @@ impl Session<'_> {
         sql.push(" FROM resource_version rv WHERE rv.pk IN (SELECT k.pk FROM (");
         sql.keys(&q.types, filters, None);
         sql.push(") k)) q");
+        let backward = q.sort_before.is_some() && q.sort_after.is_none();
         if let Some((values, pk)) = &q.sort_after {
             sql.push(" WHERE ");
             sql.keyset(&q.sort, values, *pk);
+        } else if let Some((values, pk)) = &q.sort_before {
+            sql.push(" WHERE ");
+            sql.keyset_before(&q.sort, values, *pk);
         }
+        // The order of the results, and its reverse (for the rows just before a cursor).
         let mut order = String::new();
+        let mut reverse = String::new();
         for (i, key) in q.sort.iter().enumerate() {
-            let dir = if key.desc { "DESC" } else { "ASC" };
+            let (dir, back) = if key.desc {
+                ("DESC", "ASC")
+            } else {
+                ("ASC", "DESC")
+            };
             order.push_str(&format!("{{}}.s{i} {dir} NULLS LAST, "));
+            reverse.push_str(&format!("{{}}.s{i} {back} NULLS FIRST, "));
         }
         order.push_str("{}.pk");
-        sql.push(" ORDER BY ").push(&order.replace("{}", "q"));
+        reverse.push_str("{}.pk DESC");
+        let inner = if backward { &reverse } else { &order };
+        sql.push(" ORDER BY ").push(&inner.replace("{}", "q"));
         sql.push(" LIMIT ").int(q.limit);
         sql.push(") p JOIN resource_version o ON o.pk = p.pk ORDER BY ")
             .push(&order.replace("{}", "p"));
@@ -1596,5 +1693,60 @@ impl Session<'_> {
             out.extend(sql.load::<Found>(self.db_mut())?);
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_so_many_shapes_are_kept_as_prepared_statements() {
+        let first = "SELECT 1 /* first */";
+        assert!(shapes::admit(first, &[Bind::Int(1)]));
+        for i in 0..shapes::LIMIT {
+            shapes::admit(&format!("SELECT {i} /* filler */"), &[]);
+        }
+        // Full: a new shape runs as a one-off; a shape admitted before stays admitted.
+        assert!(!shapes::admit("SELECT 2 /* late */", &[]));
+        assert!(shapes::admit(first, &[Bind::Int(7)]));
+        // The same text with other kinds of values is another shape.
+        assert!(!shapes::admit(first, &[Bind::Text("x".into())]));
+    }
+
+    #[test]
+    fn date_bounds_on_one_parameter_merge_into_one_range() {
+        let bound = |prefix, low| Filter::Any {
+            param: "date".into(),
+            conds: vec![Cond::Date {
+                prefix,
+                low,
+                high: low + 86_400_000,
+            }],
+        };
+        let other = Filter::Any {
+            param: "code".into(),
+            conds: vec![Cond::Token {
+                system: None,
+                code: Some("x".into()),
+            }],
+        };
+        let merged = merge_ranges(&[
+            bound(Prefix::Ge, 0),
+            other.clone(),
+            bound(Prefix::Lt, 86_400_000),
+        ]);
+        assert_eq!(merged.len(), 2);
+        assert!(
+            matches!(&merged[0], Filter::Range { param, conds } if param == "date" && conds.len() == 2)
+        );
+        assert_eq!(merged[1], other);
+        // One bound alone, or a `ne`, stays as it is.
+        assert_eq!(
+            merge_ranges(&[bound(Prefix::Ge, 0)]),
+            [bound(Prefix::Ge, 0)]
+        );
+        let ne = [bound(Prefix::Ne, 0), bound(Prefix::Ne, 86_400_000)];
+        assert_eq!(merge_ranges(&ne), ne);
     }
 }

@@ -208,7 +208,8 @@ new_row!(
     NewDate,
     ix_date {
         low: i64,
-        high: i64
+        high: i64,
+        wide: bool
     }
 );
 new_row!(NewNumber, ix_number { value: f64 });
@@ -500,7 +501,11 @@ impl<'c> Session<'c> {
         insert_rows!(
             self.db,
             ix_date,
-            collect!(dates, NewDate, |r| { low: r.low, high: r.high })
+            collect!(dates, NewDate, |r| {
+                low: r.low,
+                high: r.high,
+                wide: r.high.saturating_sub(r.low) > super::search::NARROW_DATE_MS
+            })
         );
         insert_rows!(
             self.db,

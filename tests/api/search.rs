@@ -224,6 +224,43 @@ async fn date_search_honours_prefixes_and_precision(app: TestApp) {
         ids(&search(&app, "Observation?date=ge2023&date=lt2024").await),
         ["o3"]
     );
+    // Periods: narrow ones (a visit) and wide ones (an admission of weeks, an open one).
+    for (id, start, end) in [
+        (
+            "visit",
+            "2024-03-01T08:00:00+07:00",
+            Some("2024-03-01T11:00:00+07:00"),
+        ),
+        (
+            "earlier",
+            "2024-02-01T08:00:00+07:00",
+            Some("2024-02-01T09:00:00+07:00"),
+        ),
+        ("admission", "2024-01-15", Some("2024-03-10")),
+        ("ongoing", "2020-05-01", None),
+        ("later", "2024-03-05", Some("2024-03-06")),
+    ] {
+        let mut period = json!({"start": start});
+        if let Some(e) = end {
+            period["end"] = json!(e);
+        }
+        put(
+            &app,
+            json!({"resourceType": "Encounter", "id": id, "status": "finished",
+            "class": {"code": "AMB"}, "period": period}),
+        )
+        .await;
+    }
+    let mut on_the_day = ids(&search(&app, "Encounter?date=ge2024-03-01&date=lt2024-03-02").await);
+    on_the_day.sort();
+    assert_eq!(on_the_day, ["admission", "ongoing", "visit"]);
+    let mut after = ids(&search(&app, "Encounter?date=gt2024-03-02").await);
+    after.sort();
+    assert_eq!(after, ["admission", "later", "ongoing"]);
+    assert_eq!(
+        ids(&search(&app, "Encounter?date=2024-03-01").await),
+        ["visit"]
+    );
 }
 
 async fn quantity_and_composite_search(app: TestApp) {
@@ -605,18 +642,63 @@ async fn sort_orders_by_several_keys_and_pages_stably(app: TestApp) {
         order(&search(&app, "Observation?_sort=-value-quantity").await),
         ["o1", "o3", "o2", "o4"]
     );
-    // Sorted paging walks every match once.
-    let mut url = "Observation?_sort=patient,-date&_count=1".to_string();
+    // Sorted paging walks every match once, forward through `next` links and back through
+    // `previous` ones, with missing values (Đức's `active`) last either way.
+    for (start, want) in [
+        (
+            "Observation?_sort=patient,-date&_count=1",
+            vec!["o2", "o1", "o4", "o3"],
+        ),
+        (
+            "Observation?_sort=-value-quantity&_count=3",
+            vec!["o1", "o3", "o2", "o4"],
+        ),
+        (
+            "Patient?_sort=-active,_id&_count=1",
+            vec!["an", "binh", "duc"],
+        ),
+        ("Patient?_sort=active&_count=2", vec!["binh", "an", "duc"]),
+    ] {
+        let (forward, last) = walk(&app, start, "next").await;
+        assert_eq!(forward, want, "{start}");
+        let (mut backward, first) = walk(&app, &last, "previous").await;
+        backward.reverse();
+        assert_eq!(backward, want, "{start}, backward");
+        // The first page reached backward is the first page.
+        assert_eq!(
+            order(&search(&app, &first).await),
+            order(&search(&app, start).await)
+        );
+    }
+}
+
+/// Follows `rel` links from `start`: the ids of every page in the order met (each page's own
+/// order reversed when walking backward, so that reversing the whole gives the search's
+/// order), and the last page's URL.
+async fn walk(app: &TestApp, start: &str, rel: &str) -> (Vec<String>, String) {
+    let mut url = start.to_string();
     let mut seen = Vec::new();
-    loop {
-        let b = search(&app, &url).await;
-        seen.extend(order(&b));
-        match b["link"]
+    for _ in 0..20 {
+        let b = search(app, &url).await;
+        let mut page = b["entry"]
+            .as_array()
+            .map(|es| {
+                es.iter()
+                    .filter(|e| e["search"]["mode"] == "match")
+                    .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        if rel == "previous" {
+            page.reverse();
+        }
+        seen.extend(page);
+        let link = b["link"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|l| l["relation"] == "next")
-        {
+            .find(|l| l["relation"] == rel);
+        match link {
             Some(l) => {
                 url = l["url"]
                     .as_str()
@@ -626,10 +708,10 @@ async fn sort_orders_by_several_keys_and_pages_stably(app: TestApp) {
                     .unwrap()
                     .to_string()
             }
-            None => break,
+            None => return (seen, url),
         }
     }
-    assert_eq!(seen, ["o2", "o1", "o4", "o3"]);
+    panic!("{start}: more than 20 pages of {rel} links");
 }
 
 /// A hospital adds its own search parameter (ethnicity, a VN extension), reindexes, and

@@ -19,6 +19,7 @@ DROP INDEX ix_date_high;
 CREATE INDEX ix_date_pk ON ix_date (resource_pk);
 CREATE INDEX ix_date_low ON ix_date (res_type, param, low);
 CREATE INDEX ix_date_high ON ix_date (res_type, param, high);
+ALTER TABLE ix_date DROP COLUMN wide;
 
 DROP INDEX ix_number_pk;
 DROP INDEX ix_number_lookup;

@@ -22,11 +22,16 @@ CREATE INDEX ix_reference_pk ON ix_reference (resource_pk, param);
 CREATE INDEX ix_reference_lookup ON ix_reference (res_type, param, target, resource_pk);
 CREATE INDEX ix_reference_target ON ix_reference (target, res_type, resource_pk);
 
+-- `wide`: the range spans more than 31 days (a year, an open period). A narrow row's low end is
+-- within 31 days of its high end, so a search bounding the high end bounds a narrow row's low
+-- end too: the low index walks a bounded stretch for narrow rows, and the few wide ones apart.
+ALTER TABLE ix_date ADD COLUMN wide BOOLEAN NOT NULL DEFAULT 0;
+UPDATE ix_date SET wide = (high > low + 2678400000);
 DROP INDEX ix_date_pk;
 DROP INDEX ix_date_low;
 DROP INDEX ix_date_high;
 CREATE INDEX ix_date_pk ON ix_date (resource_pk, param);
-CREATE INDEX ix_date_low ON ix_date (res_type, param, low, high, resource_pk);
+CREATE INDEX ix_date_low ON ix_date (res_type, param, wide, low, high, resource_pk);
 CREATE INDEX ix_date_high ON ix_date (res_type, param, high, low, resource_pk);
 
 DROP INDEX ix_number_pk;

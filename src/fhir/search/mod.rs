@@ -44,12 +44,14 @@ pub async fn run(store: &Store, spec: SearchSpec) -> Result<SearchPage> {
                 limit: spec.count + 1,
                 sort: spec.sort.clone(),
                 sort_after: spec.sort_after.clone(),
+                sort_before: spec.sort_before.clone(),
             };
             let mut page = SearchPage::default();
             if !count_only {
                 let mut rows = s.search(&q)?;
                 let more = rows.len() as i64 > spec.count;
-                let backward = spec.before.is_some() && spec.after.is_none();
+                let backward = (spec.before.is_some() && spec.after.is_none())
+                    || (spec.sort_before.is_some() && spec.sort_after.is_none());
                 if more {
                     if backward {
                         rows.remove(0);
@@ -57,13 +59,24 @@ pub async fn run(store: &Store, spec: SearchSpec) -> Result<SearchPage> {
                         rows.truncate(spec.count as usize);
                     }
                 }
-                let first_page =
-                    spec.after.is_none() && spec.before.is_none() && spec.sort_after.is_none();
+                let first_page = spec.after.is_none()
+                    && spec.before.is_none()
+                    && spec.sort_after.is_none()
+                    && spec.sort_before.is_none();
                 if !spec.sort.is_empty() {
-                    // Sorted pages go forward only: the cursor carries the last row's keys.
-                    if more && let Some(last) = rows.last() {
+                    // A sorted page's cursors carry the sort keys of its last (next) and
+                    // first (previous) rows.
+                    if (more || backward)
+                        && let Some(last) = rows.last()
+                    {
                         let values = s.sort_values(last.pk, &spec.sort)?;
                         page.next = Some(query::encode_cursor(&values, last.pk));
+                    }
+                    if ((backward && more) || (!backward && !first_page))
+                        && let Some(first) = rows.first()
+                    {
+                        let values = s.sort_values(first.pk, &spec.sort)?;
+                        page.previous = Some(query::encode_cursor(&values, first.pk));
                     }
                 } else {
                     if more || backward {
@@ -85,6 +98,7 @@ pub async fn run(store: &Store, spec: SearchSpec) -> Result<SearchPage> {
                     before: None,
                     sort: Vec::new(),
                     sort_after: None,
+                    sort_before: None,
                     ..q
                 })?);
             }
@@ -311,6 +325,7 @@ pub async fn custom_params(store: &Store) -> Result<Vec<Value>> {
                 limit: 10_000,
                 sort: Vec::new(),
                 sort_after: None,
+                sort_before: None,
             })?;
             Ok(rows
                 .iter()

@@ -63,6 +63,8 @@ pub struct SearchSpec {
     /// `_sort` keys, and the cursor of a sorted page.
     pub sort: Vec<SortKey>,
     pub sort_after: Option<(Vec<SortValue>, i64)>,
+    /// The cursor of a sorted page before a row (a `previous` link).
+    pub sort_before: Option<(Vec<SortValue>, i64)>,
     pub total: Total,
     pub summary: Summary,
     pub elements: Option<Vec<String>>,
@@ -762,6 +764,7 @@ pub fn parse(
         before: None,
         sort: Vec::new(),
         sort_after: None,
+        sort_before: None,
         total: Total::None,
         summary: Summary::False,
         elements: None,
@@ -813,7 +816,7 @@ pub fn parse(
                         Err(_) if k == "_after" => {
                             spec.sort_after = Some(decode_cursor(v).ok_or_else(not_ours)?)
                         }
-                        Err(_) => return Err(not_ours()),
+                        Err(_) => spec.sort_before = Some(decode_cursor(v).ok_or_else(not_ours)?),
                     }
                     return Ok(());
                 }
@@ -916,6 +919,11 @@ pub fn parse(
         && values.len() != spec.sort.len()
     {
         spec.sort_after = None;
+    }
+    if let Some((values, _)) = &spec.sort_before
+        && values.len() != spec.sort.len()
+    {
+        spec.sort_before = None;
     }
     if !problems.is_empty() {
         if strict {
