@@ -484,6 +484,14 @@ impl Sql {
             Some(Filter::Any { param, conds }) | Some(Filter::Range { param, conds }) => {
                 let all = matches!(driver.map(|i| &filters[i]), Some(Filter::Range { .. }));
                 let table = conds[0].table();
+                if table == IndexTable::Date {
+                    self.push("SELECT DISTINCT ")
+                        .push(&d)
+                        .push(".pk AS pk FROM (");
+                    self.date_driver(types, param, conds, all);
+                    self.push(") ").push(&d).push(" WHERE 1 = 1");
+                    return self.rest_of_keys(&format!("{d}.pk"), driver, filters, page);
+                }
                 // A range's rows come out of its index in value order, not key order. Said
                 // as `+ 0`, the key is no column a planner could walk an index of in key order
                 // hoping to meet `limit` matches soon (PostgreSQL did, on (resource_pk,
@@ -506,11 +514,7 @@ impl Sql {
                     .text(param);
                 self.types(&format!("{d}.res_type"), types);
                 self.push(" AND ");
-                if table == IndexTable::Date {
-                    self.date_driver(&d, conds, all);
-                } else {
-                    self.conds(&d, conds, all);
-                }
+                self.conds(&d, conds, all);
                 format!("{d}.resource_pk")
             }
             Some(Filter::Missing { param, table, .. }) => {
@@ -613,19 +617,31 @@ impl Sql {
                 format!("{d}.pk")
             }
         };
+        self.rest_of_keys(&pk, driver, filters, page)
+    }
+
+    /// The end of [`Sql::keys`]: every criterion but the driver probed for the key `pk`, and the
+    /// page.
+    fn rest_of_keys(
+        &mut self,
+        pk: &str,
+        driver: Option<usize>,
+        filters: &[Filter],
+        page: Option<&Page>,
+    ) {
         for (i, f) in filters.iter().enumerate() {
             if Some(i) == driver {
                 continue;
             }
             self.push(" AND ");
-            self.probe(&pk, f);
+            self.probe(pk, f);
         }
         if let Some(p) = page {
             if let Some(after) = p.after {
-                self.push(" AND ").push(&pk).push(" > ").int(after);
+                self.push(" AND ").push(pk).push(" > ").int(after);
             }
             if let Some(before) = p.before {
-                self.push(" AND ").push(&pk).push(" < ").int(before);
+                self.push(" AND ").push(pk).push(" < ").int(before);
             }
             self.push(" ORDER BY pk")
                 .push(if p.backward { " DESC" } else { "" })
@@ -688,10 +704,13 @@ impl Sql {
         self.push(")");
     }
 
-    /// Date conditions driving a search, said so that the date indexes bound the walk: narrow
-    /// rows (spanning at most [`NARROW_DATE_MS`]) whose high end must reach some instant have
-    /// their low end within that span before it, and the wide rows are walked apart.
-    fn date_driver(&mut self, d: &str, conds: &[Cond], all: bool) {
+    /// The keys of the date rows of `param` meeting the conditions, said so that the date
+    /// index walks a bounded stretch: narrow rows (spanning at most [`NARROW_DATE_MS`]) whose
+    /// high end must reach some instant have their low end within that span before it; the
+    /// few wide rows (a year, an open period) are read apart. Two selects joined by UNION ALL,
+    /// so that each engine plans each on `(res_type, param, wide, low, ...)` without having to
+    /// see through an OR.
+    fn date_driver(&mut self, types: &[String], param: &str, conds: &[Cond], all: bool) {
         let reach = |c: &Cond| match c {
             Cond::Date { prefix, low, high } => match prefix {
                 Prefix::Ge | Prefix::Eq => Some(*low),
@@ -708,18 +727,34 @@ impl Sql {
         } else {
             None
         };
-        self.push("((").push(d).push(".wide = FALSE");
-        if let Some(f) = floor {
-            self.push(" AND ")
-                .push(d)
-                .push(".low >= ")
-                .int(f.saturating_sub(NARROW_DATE_MS));
+        for wide in [false, true] {
+            let x = self.alias(if wide { "w" } else { "n" });
+            if wide {
+                self.push(" UNION ALL ");
+            }
+            self.push("SELECT ")
+                .push(&x)
+                .push(".resource_pk AS pk FROM ix_date ")
+                .push(&x)
+                .push(" WHERE ")
+                .push(&x)
+                .push(".param = ")
+                .text(param);
+            self.types(&format!("{x}.res_type"), types);
+            self.push(" AND ").push(&x).push(if wide {
+                ".wide = TRUE"
+            } else {
+                ".wide = FALSE"
+            });
+            if let (false, Some(f)) = (wide, floor) {
+                self.push(" AND ")
+                    .push(&x)
+                    .push(".low >= ")
+                    .int(f.saturating_sub(NARROW_DATE_MS));
+            }
+            self.push(" AND ");
+            self.conds(&x, conds, all);
         }
-        self.push(" AND ");
-        self.conds(d, conds, all);
-        self.push(") OR (").push(d).push(".wide = TRUE AND ");
-        self.conds(d, conds, all);
-        self.push("))");
     }
 
     /// `[NOT] EXISTS` an index row of `param` for the resource `pk` meeting the conditions.

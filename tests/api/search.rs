@@ -591,6 +591,20 @@ async fn everything_returns_the_patients_whole_record(app: TestApp) {
         .collect();
     assert_eq!(included.len(), 2, "{included:?}");
     assert!(!included.contains(&"Patient"));
+    // `_since`: only what changed since then.
+    let future = search(&app, "Patient/an/$everything?_since=2100-01-01T00:00:00Z").await;
+    assert!(
+        future
+            .get("entry")
+            .is_none_or(|e| e.as_array().unwrap().is_empty()),
+        "{future}"
+    );
+    let past = search(
+        &app,
+        "Patient/an/$everything?_since=2000-01-01T00:00:00Z&_type=Observation",
+    )
+    .await;
+    assert_eq!(ids(&past).len(), 3, "{past}");
     assert_eq!(app.get("Patient/an/Task").await.status, 400);
     assert_eq!(app.get("Observation/o1/Patient").await.status, 400);
     let b = search(&app, "Patient/an/$everything?_type=Observation&_count=1").await;

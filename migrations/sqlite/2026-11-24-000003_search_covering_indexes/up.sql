@@ -32,7 +32,7 @@ DROP INDEX ix_date_low;
 DROP INDEX ix_date_high;
 CREATE INDEX ix_date_pk ON ix_date (resource_pk, param);
 CREATE INDEX ix_date_low ON ix_date (res_type, param, wide, low, high, resource_pk);
-CREATE INDEX ix_date_high ON ix_date (res_type, param, high, low, resource_pk);
+CREATE INDEX ix_date_high ON ix_date (res_type, param, high, low, wide, resource_pk);
 
 DROP INDEX ix_number_pk;
 DROP INDEX ix_number_lookup;
