@@ -1301,9 +1301,10 @@ impl Sql {
         }
     }
 
-    /// Rows after `(values, pk)` in the order of `keys` (missing values last in both
-    /// directions), on the outer query's columns `q.s0, q.s1, ...`.
-    fn keyset(&mut self, keys: &[SortKey], values: &[SortValue], pk: i64) {
+    /// Rows after (or, `before`, before) `(values, pk)` in the order of `keys`, missing values
+    /// last in both directions, on the outer query's columns `q.s0, q.s1, ...`: ties on the
+    /// first keys, then strictly beyond on the next one, or ties on all and the key beyond.
+    fn keyset(&mut self, keys: &[SortKey], values: &[SortValue], pk: i64, before: bool) {
         self.push("(");
         for i in 0..=keys.len() {
             if i > 0 {
@@ -1319,57 +1320,35 @@ impl Sql {
                 }
             }
             if i == keys.len() {
-                self.push(" AND q.pk > ").int(pk);
-            } else {
-                match values.get(i) {
-                    None | Some(SortValue::Null) => {
-                        self.push(" AND 1 = 0");
-                    }
-                    Some(v) => {
-                        let op = if keys[i].desc { "<" } else { ">" };
-                        self.push(&format!(" AND (q.s{i} {op} "));
-                        self.sort_value(&keys[i], v);
+                self.push(if before {
+                    " AND q.pk < "
+                } else {
+                    " AND q.pk > "
+                })
+                .int(pk);
+                self.push(")");
+                continue;
+            }
+            match (values.get(i), before) {
+                (None, _) => {
+                    self.push(" AND 1 = 0");
+                }
+                // Nothing comes after a missing value; every value comes before one.
+                (Some(SortValue::Null), false) => {
+                    self.push(" AND 1 = 0");
+                }
+                (Some(SortValue::Null), true) => {
+                    self.push(&format!(" AND q.s{i} IS NOT NULL"));
+                }
+                (Some(v), _) => {
+                    let op = if keys[i].desc != before { "<" } else { ">" };
+                    self.push(&format!(" AND (q.s{i} {op} "));
+                    self.sort_value(&keys[i], v);
+                    if before {
+                        self.push(")");
+                    } else {
+                        // After a value come the missing ones too.
                         self.push(&format!(" OR q.s{i} IS NULL)"));
-                    }
-                }
-            }
-            self.push(")");
-        }
-        self.push(")");
-    }
-
-    /// Rows before `(values, pk)` in the order of `keys` (missing values last), on the outer
-    /// query's columns `q.s0, q.s1, ...`: the mirror of [`Sql::keyset`].
-    fn keyset_before(&mut self, keys: &[SortKey], values: &[SortValue], pk: i64) {
-        self.push("(");
-        for i in 0..=keys.len() {
-            if i > 0 {
-                self.push(" OR ");
-            }
-            self.push("(1 = 1");
-            for (j, v) in values.iter().enumerate().take(i) {
-                if *v == SortValue::Null {
-                    self.push(&format!(" AND q.s{j} IS NULL"));
-                } else {
-                    self.push(&format!(" AND q.s{j} = "));
-                    self.sort_value(&keys[j], v);
-                }
-            }
-            if i == keys.len() {
-                self.push(" AND q.pk < ").int(pk);
-            } else {
-                match values.get(i) {
-                    None => {
-                        self.push(" AND 1 = 0");
-                    }
-                    // Every value comes before a missing one.
-                    Some(SortValue::Null) => {
-                        self.push(&format!(" AND q.s{i} IS NOT NULL"));
-                    }
-                    Some(v) => {
-                        let op = if keys[i].desc { ">" } else { "<" };
-                        self.push(&format!(" AND q.s{i} {op} "));
-                        self.sort_value(&keys[i], v);
                     }
                 }
             }
@@ -1543,10 +1522,10 @@ impl Session<'_> {
         let backward = q.sort_before.is_some() && q.sort_after.is_none();
         if let Some((values, pk)) = &q.sort_after {
             sql.push(" WHERE ");
-            sql.keyset(&q.sort, values, *pk);
+            sql.keyset(&q.sort, values, *pk, false);
         } else if let Some((values, pk)) = &q.sort_before {
             sql.push(" WHERE ");
-            sql.keyset_before(&q.sort, values, *pk);
+            sql.keyset(&q.sort, values, *pk, true);
         }
         // The order of the results, and its reverse (for the rows just before a cursor).
         let mut order = String::new();
