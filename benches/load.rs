@@ -56,7 +56,7 @@ fn args() -> Args {
 fn patient(n: u64) -> Value {
     json!({
         "resourceType": "Patient",
-        "identifier": [{"system": "http://fhir.ehealth.gov.vn/core/sid/citizen_id", "value": format!("0010{:08}", n % 100_000_000)}],
+        "identifier": [{"system": "http://fhir.ehealth.gov.vn/core/sid/citizen_id", "value": format!("001{}{:02}{:06}", n % 2, (40 + n % 60) % 100, n % 1_000_000)}],
         "active": true,
         "name": [{"use": "official", "family": "Nguyễn", "given": ["Văn", format!("An{n}")]}],
         "telecom": [{"system": "phone", "value": format!("09{:08}", n % 100_000_000), "use": "mobile"}],

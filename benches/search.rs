@@ -78,8 +78,16 @@ fn args() -> Args {
     a
 }
 
+/// Patient `n`'s citizen ID: a province, the century-and-sex digit and the birth year that
+/// agree with the generated gender and birth date (the server checks them), and `n` itself.
 fn cccd(n: usize) -> String {
-    format!("0{:02}{}{:08}", 1 + n % 96, n % 2, n)
+    format!(
+        "0{:02}{}{:02}{:06}",
+        1 + n % 96,
+        n % 2,
+        (30 + n % 70) % 100,
+        n % 1_000_000
+    )
 }
 
 /// One patient's record as a transaction of `size` entries.

@@ -8,6 +8,8 @@
 //!   update, history, ...), Bundle processing, OperationOutcome, the CapabilityStatement.
 //! - [`store`]: the only module that knows SQL (diesel): SQLite and PostgreSQL, migrations, the
 //!   versioned resource table and its indexes.
+//! - [`vn`]: Vietnamese identifiers as validated types (citizen ID, health-insurance card,
+//!   facility code), each rule with its legal source.
 //! - [`config`], [`error`], [`telemetry`]: settings from flags and environment, the error type
 //!   every layer returns, logs and metrics.
 //!
@@ -19,3 +21,4 @@ pub mod error;
 pub mod fhir;
 pub mod store;
 pub mod telemetry;
+pub mod vn;

@@ -29,6 +29,7 @@ pub mod primitive;
 pub mod schema;
 pub mod search;
 pub mod validate;
+pub mod vn_rules;
 pub mod xml_check;
 
 pub use format::Format;

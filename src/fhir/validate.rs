@@ -113,6 +113,7 @@ impl Walker<'_> {
         let def = self.schema.type_def(ty)?;
         let mark = self.push(ty);
         self.object(obj, def, true);
+        self.vn_rules(ty, obj);
         // A contained resource's own path is kept (`Patient.contained[0]`), not its type name.
         self.path.truncate(mark);
         Some(ty)
@@ -363,7 +364,17 @@ impl Walker<'_> {
         };
         let def = self.schema.type_def(ty)?;
         self.object(obj, def, true);
+        self.vn_rules(ty, obj);
         Some(ty)
+    }
+
+    /// The Vietnamese identifier rules of the resource at the current path.
+    fn vn_rules(&mut self, ty: &str, obj: &Map<String, Value>) {
+        for issue in super::vn_rules::check(ty, obj, &self.path) {
+            if self.issues.len() < MAX_ISSUES {
+                self.issues.push(issue);
+            }
+        }
     }
 }
 

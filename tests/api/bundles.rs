@@ -76,7 +76,7 @@ async fn a_failing_entry_rolls_back_the_whole_transaction(app: TestApp) {
     let existing = app.create(&patient("001090000401")).await;
     let id = existing["id"].as_str().unwrap().to_string();
     let mut changed = existing.clone();
-    changed["gender"] = json!("female");
+    changed["gender"] = json!("other");
     let pid = "urn:uuid:0b8f6a8e-3b1c-4f7a-9c11-6a2f1d0e0001";
     let bundle = json!({
         "resourceType": "Bundle",
@@ -203,7 +203,7 @@ async fn transaction_conditional_create_reuses_the_existing_patient(app: TestApp
 async fn transaction_patch_entries_carry_json_patch_in_a_binary(app: TestApp) {
     let p = app.create(&patient("001090000410")).await;
     let id = p["id"].as_str().unwrap();
-    let patch = json!([{"op": "replace", "path": "/gender", "value": "female"}]).to_string();
+    let patch = json!([{"op": "replace", "path": "/gender", "value": "other"}]).to_string();
     let binary = json!({"resourceType": "Binary", "contentType": "application/json-patch+json", "data": base64::engine::general_purpose::STANDARD.encode(patch)});
     let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
         {"resource": binary, "request": {"method": "PATCH", "url": format!("Patient/{id}")}}
@@ -212,7 +212,7 @@ async fn transaction_patch_entries_carry_json_patch_in_a_binary(app: TestApp) {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(
         app.get(&format!("Patient/{id}")).await.json()["gender"],
-        "female"
+        "other"
     );
 }
 

@@ -80,7 +80,7 @@ async fn conditional_update_creates_or_updates_the_match(app: TestApp) {
     assert_eq!(r.status, 201, "{}", r.body);
     let id = r.json()["id"].as_str().unwrap().to_string();
     let mut changed = patient("001090000103");
-    changed["gender"] = json!("female");
+    changed["gender"] = json!("other");
     let r = app.put_json(&url, &changed).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["id"], id.as_str());

@@ -52,7 +52,7 @@ async fn update_makes_a_new_version_and_vread_keeps_the_old(app: TestApp) {
     let created = app.create(&patient("001090000002")).await;
     let id = created["id"].as_str().unwrap();
     let mut changed = created.clone();
-    changed["birthDate"] = json!("1991-01-01");
+    changed["birthDate"] = json!("1990-01-01");
     let r = app.put_json(&format!("Patient/{id}"), &changed).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["meta"]["versionId"], "2");
@@ -62,7 +62,7 @@ async fn update_makes_a_new_version_and_vread_keeps_the_old(app: TestApp) {
     assert_eq!(v1.json()["birthDate"], "1990-04-30");
     assert_eq!(v1.header("etag"), Some("W/\"1\""));
     let v2 = app.get(&format!("Patient/{id}")).await;
-    assert_eq!(v2.json()["birthDate"], "1991-01-01");
+    assert_eq!(v2.json()["birthDate"], "1990-01-01");
     app.get(&format!("Patient/{id}/_history/3"))
         .await
         .assert_outcome(404);
@@ -118,7 +118,7 @@ async fn stale_if_match_is_refused_and_changes_nothing(app: TestApp) {
     let id = created["id"].as_str().unwrap();
     let path = format!("Patient/{id}");
     let mut p = created.clone();
-    p["gender"] = json!("female");
+    p["gender"] = json!("other");
     let ok = app
         .send(
             app.request(Method::PUT, &path)
@@ -138,7 +138,7 @@ async fn stale_if_match_is_refused_and_changes_nothing(app: TestApp) {
         )
         .await;
     stale.assert_outcome(412);
-    assert_eq!(app.get(&path).await.json()["gender"], "female");
+    assert_eq!(app.get(&path).await.json()["gender"], "other");
     let bad = app
         .send(
             app.request(Method::PUT, &path)
@@ -298,7 +298,7 @@ async fn prefer_return_shapes_the_response(app: TestApp) {
 async fn json_patch_changes_one_element(app: TestApp) {
     let created = app.create(&patient("001090000010")).await;
     let path = format!("Patient/{}", created["id"].as_str().unwrap());
-    let patch = json!([{"op": "replace", "path": "/birthDate", "value": "1985-12-31"}, {"op": "add", "path": "/active", "value": true}]);
+    let patch = json!([{"op": "replace", "path": "/birthDate", "value": "1990-12-31"}, {"op": "add", "path": "/active", "value": true}]);
     let r = app
         .send(
             app.request(Method::PATCH, &path)
@@ -308,7 +308,7 @@ async fn json_patch_changes_one_element(app: TestApp) {
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let v = r.json();
-    assert_eq!(v["birthDate"], "1985-12-31");
+    assert_eq!(v["birthDate"], "1990-12-31");
     assert_eq!(v["active"], true);
     assert_eq!(v["meta"]["versionId"], "2");
     assert_eq!(v["name"], created["name"]);
@@ -372,7 +372,7 @@ async fn fhirpath_patch_changes_elements_found_by_path(app: TestApp) {
     let op = |parts: serde_json::Value| json!({"resourceType": "Parameters", "parameter": [{"name": "operation", "part": parts}]});
     let patch = json!({"resourceType": "Parameters", "parameter": [
         {"name": "operation", "part": [{"name": "type", "valueCode": "replace"},
-            {"name": "path", "valueString": "Patient.birthDate"}, {"name": "value", "valueDate": "1985-12-31"}]},
+            {"name": "path", "valueString": "Patient.birthDate"}, {"name": "value", "valueDate": "1990-12-31"}]},
         {"name": "operation", "part": [{"name": "type", "valueCode": "add"},
             {"name": "path", "valueString": "Patient.name[0]"}, {"name": "name", "valueString": "given"},
             {"name": "value", "valueString": "Bình"}]},
@@ -389,7 +389,7 @@ async fn fhirpath_patch_changes_elements_found_by_path(app: TestApp) {
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let v = r.json();
-    assert_eq!(v["birthDate"], "1985-12-31");
+    assert_eq!(v["birthDate"], "1990-12-31");
     assert_eq!(v["name"][0]["given"], json!(["Văn", "An", "Bình"]));
     assert_eq!(v["telecom"][0]["value"], "0912000111");
     assert_eq!(v["meta"]["versionId"], "2");

@@ -8,7 +8,7 @@ use crate::helpers::{TestApp, patient};
 async fn xml_in_json_out_and_back(app: TestApp) {
     let xml = r#"<?xml version="1.0" encoding="UTF-8"?>
 <Patient xmlns="http://hl7.org/fhir">
-  <identifier><system value="http://fhir.ehealth.gov.vn/core/sid/citizen_id"/><value value="001090000500"/></identifier>
+  <identifier><system value="http://fhir.ehealth.gov.vn/core/sid/citizen_id"/><value value="001188000500"/></identifier>
   <name><family value="Lê"/><given value="Thị"/><given value="Hồng"/></name>
   <gender value="female"/>
   <birthDate value="1988-08-08"><extension url="http://hl7.org/fhir/StructureDefinition/patient-birthTime"><valueDateTime value="1988-08-08T06:30:00+07:00"/></extension></birthDate>

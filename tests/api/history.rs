@@ -73,7 +73,7 @@ async fn since_and_at_select_versions_by_time(app: TestApp) {
     let id = p["id"].as_str().unwrap().to_string();
     tokio::time::sleep(std::time::Duration::from_millis(30)).await;
     let mut p2 = p.clone();
-    p2["gender"] = json!("female");
+    p2["gender"] = json!("other");
     let v2 = app.put_json(&format!("Patient/{id}"), &p2).await.json();
     let t2 = v2["meta"]["lastUpdated"].as_str().unwrap().to_string();
     tokio::time::sleep(std::time::Duration::from_millis(30)).await;

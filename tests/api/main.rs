@@ -12,3 +12,4 @@ mod formats;
 mod history;
 mod ops;
 mod search;
+mod vn;

@@ -1,0 +1,61 @@
+//! The Vietnamese identifier rules (`crate::vn`) applied to resources on write: a citizen ID
+//! (`http://fhir.ehealth.gov.vn/core/sid/citizen_id`) or a health-insurance card code
+//! (`.../insurance_number`) that is not well-formed is refused with its FHIRPath location, and a
+//! Patient's citizen ID must agree with its birth date and gender (TT 07/2016/TT-BCA Đ7).
+
+use serde_json::{Map, Value};
+
+use super::outcome::Issue;
+use crate::vn::{BhytNumber, Cccd, Sex};
+
+/// The VN Core identifier system of personal identification numbers.
+pub const CITIZEN_ID: &str = "http://fhir.ehealth.gov.vn/core/sid/citizen_id";
+/// The VN Core identifier system of health-insurance card codes.
+pub const INSURANCE_NUMBER: &str = "http://fhir.ehealth.gov.vn/core/sid/insurance_number";
+
+/// The errors of the resource `obj` of type `ty` at FHIRPath `at` (`Patient`,
+/// `Bundle.entry[0].resource`); none for types that carry no such identifiers.
+pub fn check(ty: &str, obj: &Map<String, Value>, at: &str) -> Vec<Issue> {
+    if !matches!(ty, "Patient" | "Practitioner" | "RelatedPerson" | "Person") {
+        return Vec::new();
+    }
+    let Some(Value::Array(ids)) = obj.get("identifier") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let system = id.get("system").and_then(Value::as_str);
+        let Some(value) = id.get("value").and_then(Value::as_str) else {
+            continue;
+        };
+        let here = format!("{at}.identifier[{i}].value");
+        match system {
+            Some(CITIZEN_ID) => match Cccd::parse(value) {
+                Err(e) => out.push(Issue::error("value", e.0).at(here)),
+                Ok(c) if ty == "Patient" => {
+                    let year = obj
+                        .get("birthDate")
+                        .and_then(Value::as_str)
+                        .and_then(|d| d.get(..4))
+                        .and_then(|y| y.parse::<i32>().ok());
+                    let sex = match obj.get("gender").and_then(Value::as_str) {
+                        Some("male") => Some(Sex::Male),
+                        Some("female") => Some(Sex::Female),
+                        _ => None,
+                    };
+                    for note in c.check(year, sex, false).into_iter().filter(|n| n.error) {
+                        out.push(Issue::error("value", note.message).at(here.clone()));
+                    }
+                }
+                Ok(_) => {}
+            },
+            Some(INSURANCE_NUMBER) => {
+                if let Err(e) = BhytNumber::parse(value) {
+                    out.push(Issue::error("value", e.0).at(here));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
