@@ -59,3 +59,37 @@ pub fn check(ty: &str, obj: &Map<String, Value>, at: &str) -> Vec<Issue> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Our NamingSystems (`fhir-profiles/vn/naming-systems.json`) are valid R4 and name the
+    /// systems the rules above check.
+    #[test]
+    fn naming_systems_are_valid_and_name_the_checked_systems() {
+        let bundle: Value =
+            serde_json::from_str(include_str!("../../fhir-profiles/vn/naming-systems.json"))
+                .expect("JSON");
+        assert_eq!(super::super::validate::resource(&bundle), Ok("Bundle"));
+        let ids: Vec<&str> = bundle["entry"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .map(|e| {
+                assert_eq!(e["resource"]["resourceType"], "NamingSystem");
+                e["resource"]["uniqueId"][0]["value"]
+                    .as_str()
+                    .expect("uniqueId")
+            })
+            .collect();
+        assert!(
+            ids.contains(&CITIZEN_ID) && ids.contains(&INSURANCE_NUMBER),
+            "{ids:?}"
+        );
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len());
+    }
+}
