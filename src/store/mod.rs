@@ -163,7 +163,6 @@ struct PgSettings {
 
 impl CustomizeConnection<Db, diesel::r2d2::Error> for PgSettings {
     fn on_acquire(&self, conn: &mut Db) -> Result<(), diesel::r2d2::Error> {
-        STATEMENT_TIMEOUT_MS.store(self.statement_timeout_ms, Ordering::Relaxed);
         conn.batch_execute(&format!(
             "SET statement_timeout = {}",
             self.statement_timeout_ms
@@ -235,6 +234,7 @@ impl Store {
                 }
             }
             Backend::Postgres => {
+                STATEMENT_TIMEOUT_MS.store(config.search_timeout_ms, Ordering::Relaxed);
                 let pool = Pool::builder()
                     .max_size(config.pool_size.max(1))
                     .min_idle(Some(2.min(config.pool_size)))

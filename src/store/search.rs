@@ -463,6 +463,43 @@ impl Sql {
         }
     }
 
+    /// `SELECT <select> FROM <table> x WHERE x.param = ? [AND x.res_type ...]`: the index rows
+    /// of one parameter of the given types (callers add conditions).
+    fn param_rows(
+        &mut self,
+        select: &str,
+        table: IndexTable,
+        x: &str,
+        param: &str,
+        types: &[String],
+    ) {
+        self.push("SELECT ")
+            .push(select)
+            .push(" FROM ")
+            .push(table.name())
+            .push(" ")
+            .push(x)
+            .push(" WHERE ")
+            .push(x)
+            .push(".param = ")
+            .text(param);
+        self.types(&format!("{x}.res_type"), types);
+    }
+
+    /// `SELECT v.pk AS pk FROM resource_version v WHERE <v is current and live>`: the live
+    /// versions (callers add conditions).
+    fn live_versions(&mut self, v: &str) {
+        self.push("SELECT ")
+            .push(v)
+            .push(".pk AS pk FROM resource_version ")
+            .push(v)
+            .push(" WHERE ")
+            .push(v)
+            .push(".is_current AND NOT ")
+            .push(v)
+            .push(".deleted");
+    }
+
     /// `SELECT [DISTINCT] <pk> AS pk FROM ... WHERE ...`: the keys of the current, live
     /// resources of `types` meeting every filter, unordered and unlimited; `page` adds the
     /// keyset bound, order and limit of one page.
@@ -498,37 +535,26 @@ impl Sql {
                 // param), and read every date row of the database to find none); the range's
                 // matches are gathered from the value index and sorted instead.
                 let ranged = all || conds.iter().any(Cond::is_range);
-                self.push("SELECT DISTINCT ")
-                    .push(&d)
-                    .push(if ranged {
-                        ".resource_pk + 0 AS pk FROM "
-                    } else {
-                        ".resource_pk AS pk FROM "
-                    })
-                    .push(table.name())
-                    .push(" ")
-                    .push(&d)
-                    .push(" WHERE ")
-                    .push(&d)
-                    .push(".param = ")
-                    .text(param);
-                self.types(&format!("{d}.res_type"), types);
+                let key = if ranged { "+ 0 AS pk" } else { "AS pk" };
+                self.param_rows(
+                    &format!("DISTINCT {d}.resource_pk {key}"),
+                    table,
+                    &d,
+                    param,
+                    types,
+                );
                 self.push(" AND ");
                 self.conds(&d, conds, all);
                 format!("{d}.resource_pk")
             }
             Some(Filter::Missing { param, table, .. }) => {
-                self.push("SELECT DISTINCT ")
-                    .push(&d)
-                    .push(".resource_pk AS pk FROM ")
-                    .push(table.name())
-                    .push(" ")
-                    .push(&d)
-                    .push(" WHERE ")
-                    .push(&d)
-                    .push(".param = ")
-                    .text(param);
-                self.types(&format!("{d}.res_type"), types);
+                self.param_rows(
+                    &format!("DISTINCT {d}.resource_pk AS pk"),
+                    *table,
+                    &d,
+                    param,
+                    types,
+                );
                 format!("{d}.resource_pk")
             }
             Some(Filter::Chain {
@@ -536,15 +562,8 @@ impl Sql {
                 types: targets,
                 filters: inner,
             }) => {
-                self.push("SELECT DISTINCT ")
-                    .push(&d)
-                    .push(".resource_pk AS pk FROM ix_reference ")
-                    .push(&d)
-                    .push(" WHERE ")
-                    .push(&d)
-                    .push(".param = ")
-                    .text(param);
-                self.types(&format!("{d}.res_type"), types);
+                let select = format!("DISTINCT {d}.resource_pk AS pk");
+                self.param_rows(&select, IndexTable::Reference, &d, param, types);
                 self.push(" AND ").push(&d).push(".target IN ");
                 self.targets_of(targets, inner);
                 format!("{d}.resource_pk")
@@ -565,54 +584,30 @@ impl Sql {
                     .text(&format!("{ty}/{id}"))
                     .push(" AND ");
                 self.links(&x, links);
-                self.push(" UNION SELECT ")
-                    .push(&v)
-                    .push(".pk AS pk FROM resource_version ")
-                    .push(&v)
-                    .push(" WHERE ")
+                self.push(" UNION ");
+                self.live_versions(&v);
+                self.push(" AND ")
                     .push(&v)
                     .push(".res_type = ")
                     .text(ty)
                     .push(" AND ")
                     .push(&v)
                     .push(".res_id = ")
-                    .text(id)
-                    .push(" AND ")
-                    .push(&v)
-                    .push(".is_current AND NOT ")
-                    .push(&v)
-                    .push(".deleted");
+                    .text(id);
                 self.types(&format!("{v}.res_type"), types);
                 self.push(") ").push(&d).push(" WHERE 1 = 1");
                 format!("{d}.pk")
             }
             Some(Filter::Id(ids)) => {
-                self.push("SELECT ")
-                    .push(&d)
-                    .push(".pk AS pk FROM resource_version ")
-                    .push(&d)
-                    .push(" WHERE ")
-                    .push(&d)
-                    .push(".is_current AND NOT ")
-                    .push(&d)
-                    .push(".deleted AND ")
-                    .push(&d)
-                    .push(".res_id IN ");
+                self.live_versions(&d);
+                self.push(" AND ").push(&d).push(".res_id IN ");
                 self.list(ids);
                 self.types(&format!("{d}.res_type"), types);
                 format!("{d}.pk")
             }
             _ => {
                 // The versions of the types, by the type index.
-                self.push("SELECT ")
-                    .push(&d)
-                    .push(".pk AS pk FROM resource_version ")
-                    .push(&d)
-                    .push(" WHERE ")
-                    .push(&d)
-                    .push(".is_current AND NOT ")
-                    .push(&d)
-                    .push(".deleted");
+                self.live_versions(&d);
                 self.types(&format!("{d}.res_type"), types);
                 format!("{d}.pk")
             }
@@ -732,15 +727,13 @@ impl Sql {
             if wide {
                 self.push(" UNION ALL ");
             }
-            self.push("SELECT ")
-                .push(&x)
-                .push(".resource_pk AS pk FROM ix_date ")
-                .push(&x)
-                .push(" WHERE ")
-                .push(&x)
-                .push(".param = ")
-                .text(param);
-            self.types(&format!("{x}.res_type"), types);
+            self.param_rows(
+                &format!("{x}.resource_pk AS pk"),
+                IndexTable::Date,
+                &x,
+                param,
+                types,
+            );
             self.push(" AND ").push(&x).push(if wide {
                 ".wide = TRUE"
             } else {
@@ -1471,10 +1464,6 @@ fn tables_of(conds: &[Cond]) -> Vec<IndexTable> {
 }
 
 impl Session<'_> {
-    fn sql(&self) -> Sql {
-        Sql::new()
-    }
-
     /// One page of a search, in primary key order (or reversed, for `before`), or in the
     /// order of its sort keys.
     pub fn search(&mut self, q: &SearchQuery) -> Result<Vec<Found>, StoreError> {
@@ -1490,7 +1479,7 @@ impl Session<'_> {
             limit: q.limit,
             backward: q.before.is_some() && q.after.is_none(),
         };
-        let mut sql = self.sql();
+        let mut sql = Sql::new();
         sql.push(
             "SELECT o.pk, o.res_type, o.res_id, o.version, o.last_updated, o.body \
              FROM resource_version o WHERE o.pk IN (SELECT k.pk FROM (",
@@ -1506,7 +1495,7 @@ impl Session<'_> {
         q: &SearchQuery,
         filters: &[Filter],
     ) -> Result<Vec<Found>, StoreError> {
-        let mut sql = self.sql();
+        let mut sql = Sql::new();
         sql.push(
             "SELECT o.pk, o.res_type, o.res_id, o.version, o.last_updated, o.body FROM \
              (SELECT q.* FROM (SELECT rv.pk",
@@ -1553,7 +1542,7 @@ impl Session<'_> {
     pub fn sort_values(&mut self, pk: i64, keys: &[SortKey]) -> Result<Vec<SortValue>, StoreError> {
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
-            let mut sql = self.sql();
+            let mut sql = Sql::new();
             sql.push("SELECT ");
             sql.sort_expr("rv", key);
             sql.push(" AS v FROM resource_version rv WHERE rv.pk = ")
@@ -1583,7 +1572,7 @@ impl Session<'_> {
     /// How many resources a search matches in all.
     pub fn search_count(&mut self, q: &SearchQuery) -> Result<i64, StoreError> {
         let filters = merge_ranges(&q.filters);
-        let mut sql = self.sql();
+        let mut sql = Sql::new();
         sql.push("SELECT COUNT(*) AS n FROM (");
         sql.keys(&q.types, &filters, None);
         sql.push(") k");
@@ -1601,7 +1590,7 @@ impl Session<'_> {
         if pks.is_empty() {
             return Ok(Vec::new());
         }
-        let mut sql = self.sql();
+        let mut sql = Sql::new();
         sql.push("SELECT x.resource_pk, x.target FROM ix_reference x WHERE x.resource_pk IN (");
         for (i, pk) in pks.iter().enumerate() {
             if i > 0 {
@@ -1632,7 +1621,7 @@ impl Session<'_> {
         if targets.is_empty() {
             return Ok(Vec::new());
         }
-        let mut sql = self.sql();
+        let mut sql = Sql::new();
         sql.push(SELECT_CURRENT)
             .push(" AND rv.res_type = ")
             .text(source_type)
@@ -1648,7 +1637,7 @@ impl Session<'_> {
 
     /// Live current versions after a primary key, in key order (for `yba reindex`).
     pub fn current_after(&mut self, after: i64, limit: i64) -> Result<Vec<Found>, StoreError> {
-        let mut sql = self.sql();
+        let mut sql = Sql::new();
         sql.push(SELECT_CURRENT)
             .push(" AND rv.pk > ")
             .int(after)
@@ -1659,7 +1648,7 @@ impl Session<'_> {
 
     /// How many live current versions there are.
     pub fn count_current(&mut self) -> Result<i64, StoreError> {
-        let mut sql = self.sql();
+        let mut sql = Sql::new();
         sql.push(
             "SELECT COUNT(*) AS n FROM resource_version rv WHERE rv.is_current AND NOT rv.deleted",
         );
@@ -1698,7 +1687,7 @@ impl Session<'_> {
         }
         let mut out = Vec::new();
         for (ty, ids) in by_type {
-            let mut sql = self.sql();
+            let mut sql = Sql::new();
             sql.push(SELECT_CURRENT)
                 .push(" AND rv.res_type = ")
                 .text(ty)
