@@ -570,24 +570,7 @@ async fn search_in(
             }
             // The owner must exist (404 / 410 otherwise).
             state.fhir.read(owner_ty, id.clone()).await.map_err(|e| ctx.error(e))?;
-            use crate::fhir::compartment;
-            if !compartment::is_compartment(owner_ty) {
-                return Err(ctx.error(Error::invalid("not-supported", format!("{owner_ty} is not a compartment (R4 defines Patient, Encounter, RelatedPerson, Practitioner and Device)"))));
-            }
-            if let Some(t) = ty
-                && !compartment::holds(owner_ty, t)
-            {
-                return Err(ctx.error(Error::invalid("not-supported", format!("{t} resources are not in the {owner_ty} compartment"))));
-            }
-            let links = compartment::links(owner_ty, &spec.types);
-            if *everything && spec.types.is_empty() {
-                // R4 Patient/$everything: the compartment, and what its resources refer to
-                // (practitioners, organizations, medications, locations...). Only resources
-                // outside every patient's compartment are added: never another patient's.
-                spec.includes.push(crate::fhir::search::Include { source: None, param: None, target: None, iterate: false });
-                spec.include_outside = Some("Patient");
-            }
-            spec.filters.push(crate::store::Filter::Compartment { ty: owner_ty.to_string(), id: id.clone(), links });
+            crate::fhir::search::within_compartment(&mut spec, owner_ty, id, *everything).map_err(|e| ctx.error(e))?;
             link_path = Some(match ty {
                 Some(t) => format!("{owner_ty}/{id}/{t}"),
                 None => format!("{owner_ty}/{id}/$everything"),

@@ -110,6 +110,53 @@ pub async fn run(store: &Store, spec: SearchSpec) -> Result<SearchPage> {
         .await
 }
 
+/// Narrows a search to the compartment of `owner_ty/id` (R4 §3.1.0.4.1): the resources its
+/// CompartmentDefinition links to the owner, and the owner itself. For `Patient/$everything`
+/// (no `_type`) the page also includes what those resources refer to, outside every patient's
+/// compartment: practitioners, organizations, medications, never another patient.
+pub fn within_compartment(
+    spec: &mut SearchSpec,
+    owner_ty: &str,
+    id: &str,
+    everything: bool,
+) -> Result<()> {
+    use crate::error::Error;
+    use crate::fhir::compartment;
+    if !compartment::is_compartment(owner_ty) {
+        return Err(Error::invalid(
+            "not-supported",
+            format!(
+                "{owner_ty} is not a compartment (R4 defines Patient, Encounter, RelatedPerson, Practitioner and Device)"
+            ),
+        ));
+    }
+    if !everything
+        && let [t] = spec.types.as_slice()
+        && !compartment::holds(owner_ty, t)
+    {
+        return Err(Error::invalid(
+            "not-supported",
+            format!("{t} resources are not in the {owner_ty} compartment"),
+        ));
+    }
+    if everything && spec.types.is_empty() {
+        spec.includes.push(Include {
+            source: None,
+            param: None,
+            target: None,
+            iterate: false,
+        });
+        spec.include_outside = Some("Patient");
+    }
+    let links = compartment::links(owner_ty, &spec.types);
+    spec.filters.push(crate::store::Filter::Compartment {
+        ty: owner_ty.to_string(),
+        id: id.to_string(),
+        links,
+    });
+    Ok(())
+}
+
 fn target_of(f: &Found) -> String {
     format!("{}/{}", f.res_type, f.res_id)
 }
