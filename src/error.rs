@@ -18,6 +18,10 @@ pub enum Error {
     /// The request conflicts with the current state (409).
     #[error("{0}")]
     Conflict(String),
+    /// The write would make a second record of something that must have one (409), such as a
+    /// second active Patient with the same citizen ID; the issues point at the existing record.
+    #[error("duplicate record")]
+    Duplicate(Vec<Issue>),
     /// A precondition (`If-Match`, a conditional match count) failed (412).
     #[error("{0}")]
     PreconditionFailed(String),
@@ -57,7 +61,7 @@ impl Error {
             Error::Invalid(_) => 400,
             Error::NotFound(_) => 404,
             Error::Gone(_) => 410,
-            Error::Conflict(_) => 409,
+            Error::Conflict(_) | Error::Duplicate(_) => 409,
             Error::PreconditionFailed(_) => 412,
             Error::NotImplemented(_) => 501,
             Error::Entry { source, .. } => source.status(),
@@ -72,7 +76,7 @@ impl Error {
     /// their detail goes to the log, not to the client.
     pub fn issues(&self) -> Vec<Issue> {
         match self {
-            Error::Invalid(issues) => issues.clone(),
+            Error::Invalid(issues) | Error::Duplicate(issues) => issues.clone(),
             Error::NotFound(m) => vec![Issue::error("not-found", m.clone())],
             Error::Gone(m) => vec![Issue::error("deleted", m.clone())],
             Error::Conflict(m) => vec![Issue::error("conflict", m.clone())],

@@ -14,9 +14,10 @@ use serde_json::Value;
 use super::bundle_out::{EntryOut, ResponseOut, bundle_json};
 use super::condition::Condition;
 use super::datetime::now_millis;
+use super::identity;
 use super::interactions::{
-    Fhir, Patch, Stored, Written, check_id, conditional_match, delete_in, new_id, patch_in,
-    prepare, retry, update_in,
+    Fhir, Patch, Stored, Written, check_id, citizen_holder, conditional_match, delete_in, new_id,
+    patch_in, prepare, retry, update_in,
 };
 use super::links::{LinkKind, for_each_link};
 use super::outcome::{self, Issue};
@@ -359,6 +360,34 @@ fn plan(
     opts: &BundleOptions,
     now: i64,
 ) -> Result<Option<Plan>> {
+    // Every lock the plan takes is taken first, in key order: two transactions that test the
+    // same conditions (or claim the same citizens) in different orders would otherwise deadlock.
+    let mut keys = Vec::new();
+    for e in entries.iter() {
+        let ty = e.target.ty();
+        match (&e.verb, &e.if_none_exist, &e.target) {
+            (Verb::Post, Some(c), _) => {
+                keys.push(c.lock_key(ty));
+                if let Some(r) = e.resource.as_ref() {
+                    let rows = super::search::extract::index_rows(ty, r);
+                    keys.extend(
+                        identity::claims(ty, &rows)
+                            .into_iter()
+                            .map(identity::lock_key),
+                    );
+                }
+            }
+            (Verb::Put | Verb::Patch, _, Target::Query(_, q)) => {
+                if let Ok(c) = Condition::parse(q) {
+                    keys.push(c.lock_key(ty));
+                }
+            }
+            _ => {}
+        }
+    }
+    if !keys.is_empty() && look.need(|s| Ok(s.lock_keys(&mut keys)?))?.is_none() {
+        return Ok(None);
+    }
     let mut out: Vec<Option<EntryOut>> = (0..entries.len()).map(|_| None).collect();
     let mut ids: HashMap<String, String> = HashMap::new();
     let mut creates: Vec<(usize, String)> = Vec::new();
@@ -367,6 +396,33 @@ fn plan(
         if let Some(c) = &e.if_none_exist {
             let Some(found) = look
                 .need(|s| conditional_match(s, ty, c))
+                .map_err(|err| entry_error(e.index, err))?
+            else {
+                return Ok(None);
+            };
+            if let Some(existing) = found {
+                map_full_url(&mut ids, e.full_url.as_deref(), ty, &existing.id);
+                out[e.index] = Some(written_entry(
+                    &Written {
+                        stored: existing,
+                        created: false,
+                    },
+                    opts,
+                    true,
+                ));
+                e.resource = None;
+                continue;
+            }
+        }
+        // One citizen, one record: a conditional create of a person who already has a record
+        // is given that record.
+        if e.if_none_exist.is_some()
+            && ty == "Patient"
+            && let Some(r) = e.resource.as_ref()
+        {
+            let rows = super::search::extract::index_rows(ty, r);
+            let Some(found) = look
+                .need(|s| citizen_holder(s, ty, "", "", &rows))
                 .map_err(|err| entry_error(e.index, err))?
             else {
                 return Ok(None);
@@ -521,7 +577,25 @@ fn run_transaction(
     for (index, r) in deleted {
         out[index] = Some(r);
     }
-    // 3. POST: one multi-row insert for all creates.
+    // 3. POST: one multi-row insert for all creates, none of them a second record of a citizen.
+    let claims: Vec<_> = creates
+        .iter()
+        .map(|c| identity::Claim {
+            ty: c.ty,
+            id: &c.id,
+            rows: &c.tokens,
+            body: &c.body,
+            location: at(c.index, ".resource"),
+        })
+        .collect();
+    if let Some(h) = identity::holders(s, &claims)? {
+        let index = creates[h.claim].index;
+        return Err(entry_error(
+            index,
+            identity::duplicate(&claims[h.claim], &h),
+        ));
+    }
+    drop(claims);
     let txid = s.txid();
     let rows: Vec<_> = creates
         .iter()

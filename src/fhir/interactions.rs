@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use super::condition::Condition;
 use super::datetime::{format_instant, now_millis};
 use super::format::to_stored_json;
+use super::identity;
 use super::outcome::Issue;
 use super::validate;
 use crate::error::{Error, Result};
@@ -116,13 +117,21 @@ impl Fhir {
         let (body, tokens) = prepare(value, ty, &id, 1, now, ty)?;
         self.store
             .write(move |s| {
-                if let Some(c) = &condition
-                    && let Some(existing) = conditional_match(s, ty, c)?
-                {
-                    return Ok(Written {
-                        stored: existing,
-                        created: false,
-                    });
+                if let Some(c) = &condition {
+                    if let Some(existing) = conditional_match(s, ty, c)? {
+                        return Ok(Written {
+                            stored: existing,
+                            created: false,
+                        });
+                    }
+                    // One citizen, one record: a conditional create of a person who already
+                    // has a record is given that record.
+                    if let Some(existing) = citizen_holder(s, ty, &id, &body, &tokens)? {
+                        return Ok(Written {
+                            stored: existing,
+                            created: false,
+                        });
+                    }
                 }
                 let stored = insert(s, ty, id, 1, Method::Create, now, body, tokens)?;
                 Ok(Written {
@@ -400,6 +409,16 @@ pub(crate) fn insert(
         last_updated: now,
         body: &body,
     };
+    identity::check(
+        s,
+        &[identity::Claim {
+            ty,
+            id: &id,
+            rows: &tokens,
+            body: &body,
+            location: ty.to_string(),
+        }],
+    )?;
     s.insert(&[(row, tokens)])?;
     Ok(Stored {
         pk: 0,
@@ -430,6 +449,28 @@ pub(crate) fn conditional_match(
         _ => Err(Error::PreconditionFailed(format!(
             "more than one {ty} meets the If-None-Exist condition"
         ))),
+    }
+}
+
+/// The live active Patient that already holds a citizen ID the version `body` (of `ty`, `id`)
+/// claims, if any (see [`identity`]).
+pub(crate) fn citizen_holder(
+    s: &mut Session<'_>,
+    ty: &str,
+    id: &str,
+    body: &str,
+    rows: &IndexRows,
+) -> Result<Option<Stored>> {
+    let claim = identity::Claim {
+        ty,
+        id,
+        rows,
+        body,
+        location: ty.to_string(),
+    };
+    match identity::holders(s, &[claim])? {
+        Some(h) => Ok(s.current(ty, &h.holder)?.map(Stored::from)),
+        None => Ok(None),
     }
 }
 

@@ -22,6 +22,7 @@ pub mod datetime;
 pub mod fhirpath;
 pub mod fhirpath_patch;
 pub mod format;
+pub mod identity;
 pub mod interactions;
 pub mod links;
 pub mod outcome;

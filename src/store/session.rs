@@ -589,6 +589,62 @@ impl<'c> Session<'c> {
         self.lock_condition(key)
     }
 
+    /// Serialises writers that claim the same keys (the citizen IDs of Patients), until the
+    /// transaction ends. The keys are locked in ascending order, so two writers that claim
+    /// overlapping sets cannot deadlock. SQLite's single writer already serialises them.
+    pub fn lock_keys(&mut self, keys: &mut Vec<i64>) -> Result<()> {
+        keys.sort_unstable();
+        keys.dedup();
+        if let Db::Postgres(pg) = self.db {
+            match keys.as_slice() {
+                [] => {}
+                [one] => {
+                    diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+                        .bind::<BigInt, _>(*one)
+                        .execute(pg)?;
+                }
+                many => {
+                    // unnest keeps the array's order: the locks are taken in key order.
+                    diesel::sql_query("SELECT pg_advisory_xact_lock(k) FROM unnest($1) AS k")
+                        .bind::<diesel::sql_types::Array<BigInt>, _>(many)
+                        .execute(pg)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The live resources of `ty` whose `param` token is `system|code` for one of `codes`, except
+    /// those whose `active` is false: `(code, id)` pairs. (Index rows exist for current versions
+    /// only, so a deleted or superseded version holds nothing.)
+    pub fn active_token_holders(
+        &mut self,
+        ty: &str,
+        param: &str,
+        system: &str,
+        codes: &[&str],
+    ) -> Result<Vec<(String, String)>> {
+        let inactive = diesel::alias!(ix_token as inactive);
+        Ok(ix_token::table
+            .inner_join(rv::table.on(rv::pk.eq(ix_token::resource_pk)))
+            .filter(ix_token::res_type.eq(ty))
+            .filter(ix_token::param.eq(param))
+            .filter(ix_token::code.eq_any(codes))
+            .filter(ix_token::system.eq(system))
+            .filter(diesel::dsl::not(diesel::dsl::exists(
+                inactive
+                    .filter(
+                        inactive
+                            .field(ix_token::resource_pk)
+                            .eq(ix_token::resource_pk),
+                    )
+                    .filter(inactive.field(ix_token::param).eq("active"))
+                    .filter(inactive.field(ix_token::code).eq("false")),
+            )))
+            .select((ix_token::code, rv::res_id))
+            .load(self.db)?)
+    }
+
     /// Serialises writers that test the same condition (conditional create/update), so two
     /// concurrent conditional creates cannot both create. SQLite's single writer already does.
     pub fn lock_condition(&mut self, key: i64) -> Result<()> {

@@ -260,6 +260,7 @@ async fn conditional_reads_answer_304(app: TestApp) {
 }
 
 async fn prefer_return_shapes_the_response(app: TestApp) {
+    // Three people: one citizen has one record.
     let p = patient("001090000009");
     let minimal = app
         .send(
@@ -277,7 +278,7 @@ async fn prefer_return_shapes_the_response(app: TestApp) {
             app.request(Method::POST, "Patient")
                 .header("content-type", "application/fhir+json")
                 .header("prefer", "return=OperationOutcome")
-                .body(p.to_string()),
+                .body(patient("001090000019").to_string()),
         )
         .await;
     assert_eq!(oo.status, 201);
@@ -289,7 +290,7 @@ async fn prefer_return_shapes_the_response(app: TestApp) {
             app.request(Method::POST, "Patient")
                 .header("content-type", "application/fhir+json")
                 .header("prefer", "return=representation")
-                .body(p.to_string()),
+                .body(patient("001090000029").to_string()),
         )
         .await;
     assert_eq!(rep.json()["resourceType"], "Patient");

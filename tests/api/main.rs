@@ -10,6 +10,7 @@ mod errors;
 mod examples;
 mod formats;
 mod history;
+mod identity;
 mod ops;
 mod search;
 mod vn;

@@ -1,0 +1,139 @@
+//! One citizen, one record: no two active Patients carry the same citizen ID (the personal
+//! identification number of Luật Căn cước 26/2023/QH15 Đ12, the person's medical ID since
+//! NĐ 102/2025 Đ6). One person's history scattered over two records is dangerous, so a write that
+//! would make a second active holder is refused (409) and a conditional create returns the holder.
+//!
+//! Not a `UNIQUE` constraint: a number can be cancelled and re-established (NĐ 70/2024 Đ11 k7)
+//! and a merged or retired record keeps its identifiers, so the rule holds among *active*
+//! Patients only (those whose `active` is not false). Writers that claim a citizen ID lock it
+//! (PostgreSQL advisory lock; SQLite's one writer serialises them anyway) before they look for a
+//! holder, so two hospitals pushing the same person at the same moment cannot both create.
+
+use serde_json::Value;
+
+use super::outcome::Issue;
+use super::vn_rules::CITIZEN_ID;
+use crate::error::{Error, Result};
+use crate::store::{IndexRows, Session, fnv1a};
+
+/// The citizen IDs a version of `ty` claims: those of an active Patient, from its index rows.
+pub fn claims<'r>(ty: &str, rows: &'r IndexRows) -> Vec<&'r str> {
+    if ty != "Patient"
+        || rows
+            .tokens
+            .iter()
+            .any(|t| t.param == "active" && t.code == "false")
+    {
+        return Vec::new();
+    }
+    rows.tokens
+        .iter()
+        .filter(|t| t.param == "identifier" && t.system == CITIZEN_ID)
+        .map(|t| t.code.as_str())
+        .collect()
+}
+
+/// One version about to be written that may claim citizen IDs.
+pub(crate) struct Claim<'a> {
+    pub ty: &'a str,
+    pub id: &'a str,
+    pub rows: &'a IndexRows,
+    /// The stored JSON, to point at the identifier in an error.
+    pub body: &'a str,
+    /// Where the resource is, for error locations (`Patient`, `Bundle.entry[2].resource`).
+    pub location: String,
+}
+
+/// A citizen ID held by another active Patient.
+pub(crate) struct Held {
+    /// Which claim (index into the slice given to [`holders`]).
+    pub claim: usize,
+    pub cccd: String,
+    /// The id of the Patient that holds it.
+    pub holder: String,
+}
+
+/// Locks the citizen IDs the claims make and returns the first that another active Patient
+/// holds, or that two of the claims make for different resources.
+pub(crate) fn holders(s: &mut Session<'_>, claims_: &[Claim<'_>]) -> Result<Option<Held>> {
+    let mut wanted: Vec<(usize, &str)> = Vec::new();
+    for (i, c) in claims_.iter().enumerate() {
+        for cccd in claims(c.ty, c.rows) {
+            wanted.push((i, cccd));
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(None);
+    }
+    let mut keys: Vec<i64> = wanted.iter().map(|(_, v)| lock_key(v)).collect();
+    s.lock_keys(&mut keys)?;
+    // The same person twice in one request (a transaction that creates two records for them).
+    for (n, (i, v)) in wanted.iter().enumerate() {
+        if let Some((j, _)) = wanted[..n]
+            .iter()
+            .find(|(j, w)| w == v && claims_[*j].id != claims_[*i].id)
+        {
+            return Ok(Some(Held {
+                claim: *i,
+                cccd: v.to_string(),
+                holder: claims_[*j].id.to_string(),
+            }));
+        }
+    }
+    let codes: Vec<&str> = wanted.iter().map(|(_, v)| *v).collect();
+    let held = s.active_token_holders("Patient", "identifier", CITIZEN_ID, &codes)?;
+    for (i, v) in &wanted {
+        if let Some((_, holder)) = held
+            .iter()
+            .find(|(code, holder)| code == v && holder != claims_[*i].id)
+        {
+            return Ok(Some(Held {
+                claim: *i,
+                cccd: v.to_string(),
+                holder: holder.clone(),
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// Refuses the claims if any citizen ID in them is held by another active Patient: 409 with an
+/// OperationOutcome naming the holder, at the identifier's place.
+pub(crate) fn check(s: &mut Session<'_>, claims_: &[Claim<'_>]) -> Result<()> {
+    match holders(s, claims_)? {
+        None => Ok(()),
+        Some(h) => Err(duplicate(&claims_[h.claim], &h)),
+    }
+}
+
+pub(crate) fn duplicate(c: &Claim<'_>, h: &Held) -> Error {
+    let at = serde_json::from_str::<Value>(c.body)
+        .ok()
+        .and_then(|v| {
+            v.get("identifier")?.as_array()?.iter().position(|i| {
+                i.get("system").and_then(Value::as_str) == Some(CITIZEN_ID)
+                    && i.get("value").and_then(Value::as_str) == Some(h.cccd.as_str())
+            })
+        })
+        .map_or_else(
+            || format!("{}.identifier", c.location),
+            |i| format!("{}.identifier[{i}]", c.location),
+        );
+    Error::Duplicate(vec![
+        Issue::error(
+            "duplicate",
+            format!(
+                "Patient/{} already holds this citizen ID: one citizen, one record. Update that \
+                 Patient, or create this one conditionally (If-None-Exist: identifier={CITIZEN_ID}|{}) \
+                 to be given it",
+                h.holder, h.cccd
+            ),
+        )
+        .at(at),
+    ])
+}
+
+/// The lock a writer takes before it claims the citizen ID `cccd`.
+pub(crate) fn lock_key(cccd: &str) -> i64 {
+    fnv1a(&[CITIZEN_ID.as_bytes(), b"|", cccd.as_bytes()])
+}
