@@ -45,6 +45,18 @@ pub struct Config {
     #[arg(long = "search-timeout", env = "YBA_SEARCH_TIMEOUT", default_value = "10s", value_parser = parse_millis)]
     pub search_timeout_ms: u64,
 
+    /// Profiles every resource of a type must meet on write, as `Type=profile-url` pairs separated
+    /// by commas; `none` for no compulsory profile.
+    #[arg(long = "always-profile", env = "YBA_ALWAYS_PROFILE",
+          default_value = "Patient=https://yba.vn/fhir/StructureDefinition/vn-patient",
+          value_parser = parse_always_profile)]
+    pub always_profile: AlwaysProfile,
+
+    /// Legacy imports: a citizen ID that disagrees with the Patient's birth date or gender is
+    /// accepted with a warning instead of refused.
+    #[arg(long, env = "YBA_LENIENT_CITIZEN_ID", default_value_t = false)]
+    pub lenient_citizen_id: bool,
+
     /// Log one line per request (method, route, status, time; never query strings or bodies).
     #[arg(long, env = "YBA_ACCESS_LOG", default_value_t = false)]
     pub access_log: bool,
@@ -64,6 +76,16 @@ impl Config {
             shutdown_timeout: 30,
             search_timeout_ms: 10_000,
             access_log: false,
+            always_profile: AlwaysProfile(crate::fhir::conformance::Rules::default().always),
+            lenient_citizen_id: false,
+        }
+    }
+
+    /// The conformance checks on write.
+    pub fn rules(&self) -> crate::fhir::conformance::Rules {
+        crate::fhir::conformance::Rules {
+            always: self.always_profile.0.clone(),
+            lenient_citizen_id: self.lenient_citizen_id,
         }
     }
 
@@ -75,6 +97,29 @@ impl Config {
             search_timeout_ms: self.search_timeout_ms,
         }
     }
+}
+
+/// `(type, profile url)` pairs of compulsory profiles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlwaysProfile(pub Vec<(String, String)>);
+
+/// Parses `Patient=https://...,Organization=https://...` (or `none`).
+pub fn parse_always_profile(s: &str) -> Result<AlwaysProfile, String> {
+    let s = s.trim();
+    if s.is_empty() || s.eq_ignore_ascii_case("none") {
+        return Ok(AlwaysProfile(Vec::new()));
+    }
+    s.split(',')
+        .map(|pair| match pair.trim().split_once('=') {
+            Some((t, url)) if crate::fhir::schema::R4.resource_type(t.trim()).is_some() => {
+                Ok((t.trim().to_string(), url.trim().to_string()))
+            }
+            _ => Err(format!(
+                "'{pair}' is not Type=profile-url with a FHIR R4 resource type"
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(AlwaysProfile)
 }
 
 /// Parses a duration into milliseconds: `250ms`, `10s`, or bare seconds (`10`).

@@ -54,6 +54,11 @@ fn serve(config: Config) -> Result<(), String> {
             Ok(n) => tracing::info!(count = n, "the server's own search parameters are in force"),
             Err(e) => tracing::warn!("the server's own search parameters were not loaded: {e}"),
         }
+        match running.fhir.conformance().load_stored(&running.store).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "stored profiles and terminology are in force"),
+            Err(e) => tracing::warn!("stored profiles and terminology were not loaded: {e}"),
+        }
         match yba::fhir::search::index_is_current(&running.store).await {
             Ok(true) => {}
             Ok(false) => tracing::warn!(

@@ -271,14 +271,17 @@ pub struct Running {
     pub addr: SocketAddr,
     pub server: Server,
     pub store: Store,
+    /// The record store the server answers from (for start-up work such as `load_stored`).
+    pub fhir: Fhir,
 }
 
 /// Opens the store (running migrations) and binds the server; the returned `Server` future
 /// runs it until SIGTERM/SIGINT, then lets in-flight requests finish.
 pub fn start(config: &Config) -> Result<Running, StartError> {
     let store = Store::open(&config.store())?;
+    let fhir = Fhir::new(store.clone(), config.rules());
     let state = web::Data::new(AppState {
-        fhir: Fhir::new(store.clone()),
+        fhir: fhir.clone(),
         metrics: Arc::new(Metrics::new(&Interaction::ALL.map(Interaction::name))),
         max_body: config.max_body,
         base_url: config.base_url.as_deref().map(Arc::from),
@@ -310,6 +313,7 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         addr,
         server: server.run(),
         store,
+        fhir,
     })
 }
 

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use super::bundle_out::{EntryOut, ResponseOut, bundle_json};
 use super::condition::Condition;
+use super::conformance::DEFINING_TYPES;
 use super::datetime::now_millis;
 use super::identity;
 use super::interactions::{
@@ -99,6 +100,16 @@ where
                 .into_iter()
                 .collect::<Result<Vec<_>>>()?;
             check_unique(&entries)?;
+            // Profiles and identifier rules, before the database is touched.
+            let mut defines = false;
+            for e in &entries {
+                if let (Verb::Post | Verb::Put, Some(r)) = (e.verb, &e.resource) {
+                    let ty = e.target.ty();
+                    defines |= DEFINING_TYPES.contains(&ty);
+                    fhir.admit(ty, r, &at(e.index, ".resource"))
+                        .map_err(|err| entry_error(e.index, err))?;
+                }
+            }
             let mut first = Some(entries);
             let out = retry(|| {
                 let entries = match first.take() {
@@ -108,6 +119,7 @@ where
                     }
                 };
                 let opts = opts.clone();
+                let fhir = fhir.clone();
                 async move {
                     let mut entries: Vec<Entry> = entries?;
                     let now = now_millis();
@@ -118,11 +130,15 @@ where
                         None
                     };
                     fhir.store()
-                        .write(move |s| run_transaction(s, entries, planned, &opts, now))
+                        .clone()
+                        .write(move |s| run_transaction(s, &fhir, entries, planned, &opts, now))
                         .await
                 }
             })
             .await?;
+            if defines {
+                fhir.conformance().load_stored(fhir.store()).await?;
+            }
             Ok(bundle_json("transaction-response", None, &[], &out))
         }
         "batch" => {
@@ -543,6 +559,7 @@ fn plannable_offline(entries: &mut [Entry]) -> bool {
 
 fn run_transaction(
     s: &mut Session<'_>,
+    fhir: &Fhir,
     mut entries: Vec<Entry>,
     planned: Option<Plan>,
     opts: &BundleOptions,
@@ -650,7 +667,7 @@ fn run_transaction(
         let written = match e.verb {
             Verb::Put => put_entry(s, ty, &id, value, e.if_match, now, e.index),
             _ => json_patch_of(&value, e.index)
-                .and_then(|p| patch_in(s, ty, &id, &p, e.if_match, now)),
+                .and_then(|p| patch_in(s, fhir, ty, &id, &p, e.if_match, now)),
         }
         .map_err(|err| entry_error(e.index, err))?;
         out[e.index] = Some(written_entry(&written, opts, false));

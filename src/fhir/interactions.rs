@@ -5,9 +5,12 @@
 //! version exactly one wins. The loser is retried from a fresh read, unless the client pinned the
 //! version with `If-Match`, in which case it gets 412.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 
 use super::condition::Condition;
+use super::conformance::{Conformance, DEFINING_TYPES, Rules};
 use super::datetime::{format_instant, now_millis};
 use super::format::to_stored_json;
 use super::identity;
@@ -62,15 +65,38 @@ pub struct Written {
 #[derive(Clone)]
 pub struct Fhir {
     store: Store,
+    conformance: Arc<Conformance>,
 }
 
 impl Fhir {
-    pub fn new(store: Store) -> Fhir {
-        Fhir { store }
+    pub fn new(store: Store, rules: Rules) -> Fhir {
+        Fhir {
+            store,
+            conformance: Conformance::new(rules),
+        }
     }
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The profiles and rules resources are checked against on write.
+    pub fn conformance(&self) -> &Arc<Conformance> {
+        &self.conformance
+    }
+
+    /// The checks a resource about to be written must pass beyond its R4 structure.
+    pub(crate) fn admit(&self, ty: &str, value: &Value, at: &str) -> Result<()> {
+        self.conformance.check_definition(ty, value, at)?;
+        self.conformance.admit(ty, value, at)
+    }
+
+    /// After a write: a StructureDefinition, ValueSet or CodeSystem is in force at once.
+    pub(crate) fn learn(&self, w: &Stored) {
+        if DEFINING_TYPES.contains(&w.ty.as_str()) {
+            self.conformance
+                .learn(&w.ty, &w.id, (!w.deleted).then_some(w.body.as_str()));
+        }
     }
 
     /// `read`: the current version; 404 if unknown, 410 if deleted.
@@ -112,11 +138,13 @@ impl Fhir {
         value: Value,
         condition: Option<Condition>,
     ) -> Result<Written> {
+        self.admit(ty, &value, ty)?;
         let id = new_id();
         let now = now_millis();
         let (body, tokens) = prepare(value, ty, &id, 1, now, ty)?;
-        self.store
-            .write(move |s| {
+        let written: Written = self
+            .store
+            .write(move |s| -> Result<Written> {
                 if let Some(c) = &condition {
                     if let Some(existing) = conditional_match(s, ty, c)? {
                         return Ok(Written {
@@ -139,7 +167,9 @@ impl Fhir {
                     created: true,
                 })
             })
-            .await
+            .await?;
+        self.learn(&written.stored);
+        Ok(written)
     }
 
     /// `update` (and create-on-update with a client id). `if_match` pins the expected version.
@@ -151,13 +181,16 @@ impl Fhir {
         if_match: Option<i64>,
     ) -> Result<Written> {
         check_body_id(&value, ty, &id)?;
-        retry(|| {
+        self.admit(ty, &value, ty)?;
+        let written = retry(|| {
             let (id, value) = (id.clone(), value.clone());
             self.store.write(move |s| {
                 update_in(s, ty, &id, value, if_match, Method::Update, now_millis())
             })
         })
-        .await
+        .await?;
+        self.learn(&written.stored);
+        Ok(written)
     }
 
     /// Conditional update: the resource that meets `condition` is updated; none → created
@@ -169,7 +202,8 @@ impl Fhir {
         value: Value,
         if_match: Option<i64>,
     ) -> Result<Written> {
-        retry(|| {
+        self.admit(ty, &value, ty)?;
+        let written = retry(|| {
             let (condition, value) = (condition.clone(), value.clone());
             self.store.write(move |s| {
                 s.lock_condition(condition.lock_key(ty))?;
@@ -195,7 +229,9 @@ impl Fhir {
                 update_in(s, ty, &id, value, if_match, Method::Update, now_millis())
             })
         })
-        .await
+        .await?;
+        self.learn(&written.stored);
+        Ok(written)
     }
 
     /// `patch` with a JSON Patch document (RFC 6902) or a FHIRPath Patch.
@@ -206,23 +242,29 @@ impl Fhir {
         patch: Patch,
         if_match: Option<i64>,
     ) -> Result<Written> {
-        retry(|| {
-            let (id, patch) = (id.clone(), patch.clone());
+        let written = retry(|| {
+            let (id, patch, fhir) = (id.clone(), patch.clone(), self.clone());
             self.store
-                .write(move |s| patch_in(s, ty, &id, &patch, if_match, now_millis()))
+                .write(move |s| patch_in(s, &fhir, ty, &id, &patch, if_match, now_millis()))
         })
-        .await
+        .await?;
+        self.learn(&written.stored);
+        Ok(written)
     }
 
     /// `delete`: adds a tombstone version. Deleting what is absent or already deleted is fine
     /// (R4 §3.1.0.7: idempotent); the result says whether a version was added.
     pub async fn delete(&self, ty: &'static str, id: String) -> Result<Option<Stored>> {
-        retry(|| {
+        let gone = retry(|| {
             let id = id.clone();
             self.store
                 .write(move |s| delete_in(s, ty, &id, now_millis()))
         })
-        .await
+        .await?;
+        if let Some(g) = &gone {
+            self.learn(g);
+        }
+        Ok(gone)
     }
 
     /// Conditional delete (single match): none → nothing happens; more than one → 412.
@@ -231,7 +273,7 @@ impl Fhir {
         ty: &'static str,
         condition: Condition,
     ) -> Result<Option<Stored>> {
-        retry(|| {
+        let gone = retry(|| {
             let condition = condition.clone();
             self.store.write(move |s| {
                 let ids = condition.matches(s, ty, 2)?;
@@ -244,7 +286,11 @@ impl Fhir {
                 }
             })
         })
-        .await
+        .await?;
+        if let Some(g) = &gone {
+            self.learn(g);
+        }
+        Ok(gone)
     }
 
     /// Live resources of a type meeting a condition (the search of this issue: `_id`, `identifier`).
@@ -587,6 +633,7 @@ pub enum Patch {
 /// same type and id.
 pub(crate) fn patch_in(
     s: &mut Session<'_>,
+    fhir: &Fhir,
     ty: &str,
     id: &str,
     patch: &Patch,
@@ -630,5 +677,6 @@ pub(crate) fn patch_in(
         ));
     }
     check_body_id(&doc, ty, id)?;
+    fhir.admit(ty, &doc, ty)?;
     update_in(s, ty, id, doc, Some(current.version), Method::Patch, now)
 }

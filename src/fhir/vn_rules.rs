@@ -12,6 +12,8 @@ use crate::vn::{BhytNumber, Cccd, Sex};
 pub const CITIZEN_ID: &str = "http://fhir.ehealth.gov.vn/core/sid/citizen_id";
 /// The VN Core identifier system of health-insurance card codes.
 pub const INSURANCE_NUMBER: &str = "http://fhir.ehealth.gov.vn/core/sid/insurance_number";
+/// The VN Core identifier system of passport numbers.
+pub const PASSPORT_NUMBER: &str = "http://fhir.ehealth.gov.vn/core/sid/passport_number";
 
 /// The errors of the resource `obj` of type `ty` at FHIRPath `at` (`Patient`,
 /// `Bundle.entry[0].resource`); none for types that carry no such identifiers.
@@ -30,25 +32,11 @@ pub fn check(ty: &str, obj: &Map<String, Value>, at: &str) -> Vec<Issue> {
         };
         let here = format!("{at}.identifier[{i}].value");
         match system {
-            Some(CITIZEN_ID) => match Cccd::parse(value) {
-                Err(e) => out.push(Issue::error("value", e.0).at(here)),
-                Ok(c) if ty == "Patient" => {
-                    let year = obj
-                        .get("birthDate")
-                        .and_then(Value::as_str)
-                        .and_then(|d| d.get(..4))
-                        .and_then(|y| y.parse::<i32>().ok());
-                    let sex = match obj.get("gender").and_then(Value::as_str) {
-                        Some("male") => Some(Sex::Male),
-                        Some("female") => Some(Sex::Female),
-                        _ => None,
-                    };
-                    for note in c.check(year, sex, false).into_iter().filter(|n| n.error) {
-                        out.push(Issue::error("value", note.message).at(here.clone()));
-                    }
+            Some(CITIZEN_ID) => {
+                if let Err(e) = Cccd::parse(value) {
+                    out.push(Issue::error("value", e.0).at(here));
                 }
-                Ok(_) => {}
-            },
+            }
             Some(INSURANCE_NUMBER) => {
                 if let Err(e) = BhytNumber::parse(value) {
                     out.push(Issue::error("value", e.0).at(here));
@@ -58,6 +46,83 @@ pub fn check(ty: &str, obj: &Map<String, Value>, at: &str) -> Vec<Issue> {
         }
     }
     out
+}
+
+/// A Patient's citizen IDs against its birth date and gender (TT 07/2016/TT-BCA Đ7): the
+/// number encodes the birth year and sex. A disagreement is an error, or a warning when
+/// `lenient` (legacy imports, where a recorded sex may have been corrected since). IDs that do
+/// not parse are `check`'s business.
+pub fn agreement(obj: &Map<String, Value>, at: &str, lenient: bool) -> Vec<Issue> {
+    let Some(Value::Array(ids)) = obj.get("identifier") else {
+        return Vec::new();
+    };
+    let year = obj
+        .get("birthDate")
+        .and_then(Value::as_str)
+        .and_then(|d| d.get(..4))
+        .and_then(|y| y.parse::<i32>().ok());
+    let sex = match obj.get("gender").and_then(Value::as_str) {
+        Some("male") => Some(Sex::Male),
+        Some("female") => Some(Sex::Female),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        if id.get("system").and_then(Value::as_str) != Some(CITIZEN_ID) {
+            continue;
+        }
+        let Some(Ok(c)) = id.get("value").and_then(Value::as_str).map(Cccd::parse) else {
+            continue;
+        };
+        for note in c.check(year, sex, lenient) {
+            let issue =
+                Issue::error("value", note.message).at(format!("{at}.identifier[{i}].value"));
+            out.push(if note.error { issue } else { issue.warning() });
+        }
+    }
+    out
+}
+
+/// The VN Patient profile's rule that cardinality cannot say: an adult (18 or over, Bộ luật Dân
+/// sự 2015 Đ20) is identified by a citizen ID (every citizen has one from birth registration,
+/// Luật Căn cước 26/2023/QH15 Đ12), or, for a foreigner, by a passport number. `today` is
+/// `YYYY-MM-DD`.
+pub fn adult_identified(obj: &Map<String, Value>, at: &str, today: &str) -> Option<Issue> {
+    let birth = obj.get("birthDate").and_then(Value::as_str)?;
+    let (by, bmd) = (
+        birth.get(..4)?.parse::<i32>().ok()?,
+        birth.get(4..).unwrap_or(""),
+    );
+    let (ty, tmd) = (
+        today.get(..4)?.parse::<i32>().ok()?,
+        today.get(4..).unwrap_or(""),
+    );
+    // A birth date of year or year-month precision counts as its earliest day.
+    let age = ty - by - i32::from(tmd < bmd);
+    if age < 18 {
+        return None;
+    }
+    let identified = obj
+        .get("identifier")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|i| {
+            matches!(
+                i.get("system").and_then(Value::as_str),
+                Some(CITIZEN_ID | PASSPORT_NUMBER)
+            ) && i.get("value").is_some()
+        });
+    (!identified).then(|| {
+        Issue::error(
+            "required",
+            format!(
+                "an adult patient (aged {age}) must carry a citizen ID ({CITIZEN_ID}) or, \
+                 for a foreigner, a passport number ({PASSPORT_NUMBER})"
+            ),
+        )
+        .at(format!("{at}.identifier"))
+    })
 }
 
 #[cfg(test)]

@@ -62,11 +62,14 @@ async fn concurrent_conditional_creates_make_one_patient(app: TestApp) {
 }
 
 async fn two_matches_fail_a_conditional_create(app: TestApp) {
+    // Two children with the same number at two hospitals.
     let mut a = patient("001090000102");
     a["identifier"][0]["system"] = json!("http://hospital-a.vn/mrn");
+    a["birthDate"] = json!("2016-05-01");
     app.create(&a).await;
     let mut b = patient("001090000102");
     b["identifier"][0]["system"] = json!("http://hospital-b.vn/mrn");
+    b["birthDate"] = json!("2016-05-01");
     app.create(&b).await;
     conditional_create(&app, &patient("001090000102"), "identifier=001090000102")
         .await
@@ -89,8 +92,10 @@ async fn conditional_update_creates_or_updates_the_match(app: TestApp) {
     changed["id"] = json!("someone-else");
     app.put_json(&url, &changed).await.assert_outcome(400);
     // Two matches: 412.
+    // A child known by a hospital number equal to that citizen ID.
     let mut twin = patient("001090000103");
     twin["identifier"][0]["system"] = json!("http://other");
+    twin["birthDate"] = json!("2016-05-01");
     app.create(&twin).await;
     app.put_json("Patient?identifier=001090000103", &patient("001090000103"))
         .await

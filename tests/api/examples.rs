@@ -135,4 +135,5 @@ async fn official_examples_round_trip_without_loss(app: TestApp) {
     );
 }
 
-crate::on_both_databases!(official_examples_round_trip_without_loss);
+crate::on_both_databases!(
+    @with crate::helpers::international;official_examples_round_trip_without_loss);

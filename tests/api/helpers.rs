@@ -308,15 +308,16 @@ impl TestApp {
     }
 }
 
-/// Generates, for each listed `async fn(TestApp)`, one test on SQLite and one on PostgreSQL.
+/// Generates, for each listed `async fn(TestApp)`, one test on SQLite and one on PostgreSQL;
+/// `@with tune;` first runs them on servers whose `Config` `tune` adjusts.
 #[macro_export]
 macro_rules! on_both_databases {
-    ($($name:ident),* $(,)?) => {
+    (@with $tune:path; $($name:ident),* $(,)?) => {
         mod on_sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name($crate::helpers::spawn_sqlite().await).await
+                    super::$name($crate::helpers::spawn_sqlite_with($tune).await).await
                 }
             )*
         }
@@ -324,13 +325,25 @@ macro_rules! on_both_databases {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    if let Some(app) = $crate::helpers::spawn_postgres().await {
+                    if let Some(app) = $crate::helpers::spawn_postgres_with($tune).await {
                         super::$name(app).await
                     }
                 }
             )*
         }
     };
+    ($($name:ident),* $(,)?) => {
+        $crate::on_both_databases!(@with $crate::helpers::as_shipped; $($name),*);
+    };
+}
+
+/// The server as it ships: VN Patient compulsory for Patients.
+pub fn as_shipped(_: &mut Config) {}
+
+/// A server for data from anywhere (the official R4 examples, synthetic search populations):
+/// no profile is compulsory. The structure of R4 and the identifier rules still hold.
+pub fn international(c: &mut Config) {
+    c.always_profile = yba::config::AlwaysProfile(Vec::new());
 }
 
 /// A Vietnamese patient with a citizen ID.
