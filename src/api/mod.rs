@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod negotiate;
+pub mod operations;
 pub mod ops;
 pub mod rest;
 pub mod system;
@@ -189,6 +190,27 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(
                     resource("/{type}/_search")
                         .route(post().to(rest::search_post))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    resource("/{type}/$validate")
+                        .route(post().to(operations::validate_type))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    resource("/Patient/$match")
+                        .route(post().to(operations::match_patient))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    resource("/Patient/$merge")
+                        .route(post().to(operations::merge))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    resource("/{type}/{id}/$validate")
+                        .route(post().to(operations::validate_instance))
+                        .route(get().to(operations::validate_instance))
                         .default_service(web::to(method_not_allowed)),
                 )
                 .service(

@@ -119,6 +119,11 @@ impl Conformance {
         issues
     }
 
+    /// The profiles and terminology in force.
+    pub fn registry(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        self.registry.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Whether `value` may be written: Err with the errors if it has any.
     pub fn admit(&self, ty: &str, value: &Value, at: &str) -> Result<()> {
         let issues = self.check(ty, value, at, None);

@@ -60,12 +60,18 @@ fn strict() -> Option<DeserializationConfig> {
 
 /// Parses and validates a resource. Returns it as FHIR JSON with its type, or every problem found.
 pub fn parse_resource(bytes: &[u8], format: Format) -> Result<(Value, &'static str), Vec<Issue>> {
-    let value = match format {
-        Format::Json => parse_json(bytes)?,
-        Format::Xml => parse_xml(bytes)?,
-    };
+    let value = parse_value(bytes, format)?;
     let ty = validate::resource(&value)?;
     Ok((value, ty))
+}
+
+/// Parses a body into FHIR JSON without validating it (for `$validate`, which reports every
+/// issue instead of stopping at the first kind).
+pub fn parse_value(bytes: &[u8], format: Format) -> Result<Value, Vec<Issue>> {
+    match format {
+        Format::Json => parse_json(bytes),
+        Format::Xml => parse_xml(bytes),
+    }
 }
 
 fn parse_json(bytes: &[u8]) -> Result<Value, Vec<Issue>> {

@@ -56,17 +56,40 @@ pub(crate) struct Held {
 /// Locks the citizen IDs the claims make and returns the first that another active Patient
 /// holds, or that two of the claims make for different resources.
 pub(crate) fn holders(s: &mut Session<'_>, claims_: &[Claim<'_>]) -> Result<Option<Held>> {
-    let mut wanted: Vec<(usize, &str)> = Vec::new();
-    for (i, c) in claims_.iter().enumerate() {
-        for cccd in claims(c.ty, c.rows) {
-            wanted.push((i, cccd));
-        }
-    }
+    let wanted = wanted(claims_);
     if wanted.is_empty() {
         return Ok(None);
     }
     let mut keys: Vec<i64> = wanted.iter().map(|(_, v)| lock_key(v)).collect();
     s.lock_keys(&mut keys)?;
+    find_holders(s, claims_, &wanted)
+}
+
+/// As [`holders`], without locking: for a read-only look (`$validate` with `mode=create`).
+pub(crate) fn holders_unlocked(s: &mut Session<'_>, claims_: &[Claim<'_>]) -> Result<Option<Held>> {
+    let wanted = wanted(claims_);
+    if wanted.is_empty() {
+        return Ok(None);
+    }
+    find_holders(s, claims_, &wanted)
+}
+
+/// Each citizen ID the claims make, with the index of its claim.
+fn wanted<'c>(claims_: &'c [Claim<'_>]) -> Vec<(usize, &'c str)> {
+    let mut out = Vec::new();
+    for (i, c) in claims_.iter().enumerate() {
+        for cccd in claims(c.ty, c.rows) {
+            out.push((i, cccd));
+        }
+    }
+    out
+}
+
+fn find_holders(
+    s: &mut Session<'_>,
+    claims_: &[Claim<'_>],
+    wanted: &[(usize, &str)],
+) -> Result<Option<Held>> {
     // The same person twice in one request (a transaction that creates two records for them).
     for (n, (i, v)) in wanted.iter().enumerate() {
         if let Some((j, _)) = wanted[..n]
@@ -82,7 +105,7 @@ pub(crate) fn holders(s: &mut Session<'_>, claims_: &[Claim<'_>]) -> Result<Opti
     }
     let codes: Vec<&str> = wanted.iter().map(|(_, v)| *v).collect();
     let held = s.active_token_holders("Patient", "identifier", CITIZEN_ID, &codes)?;
-    for (i, v) in &wanted {
+    for (i, v) in wanted {
         if let Some((_, holder)) = held
             .iter()
             .find(|(code, holder)| code == v && holder != claims_[*i].id)

@@ -26,6 +26,7 @@ pub mod format;
 pub mod identity;
 pub mod interactions;
 pub mod links;
+pub mod mpi;
 pub mod outcome;
 pub mod primitive;
 pub mod profile;

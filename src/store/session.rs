@@ -614,6 +614,16 @@ impl<'c> Session<'c> {
         Ok(())
     }
 
+    /// The live resources that refer to `target` (`Patient/123`), by any parameter: `(type, id)`.
+    pub fn referrers(&mut self, target: &str) -> Result<Vec<(String, String)>> {
+        Ok(ix_reference::table
+            .inner_join(rv::table.on(rv::pk.eq(ix_reference::resource_pk)))
+            .filter(ix_reference::target.eq(target))
+            .select((rv::res_type, rv::res_id))
+            .distinct()
+            .load(self.db)?)
+    }
+
     /// The live resources of `ty` whose `param` token is `system|code` for one of `codes`, except
     /// those whose `active` is false: `(code, id)` pairs. (Index rows exist for current versions
     /// only, so a deleted or superseded version holds nothing.)

@@ -80,10 +80,6 @@ impl Resp {
 static PG_CHECKED: AtomicBool = AtomicBool::new(false);
 
 /// A server on SQLite.
-pub async fn spawn_sqlite() -> TestApp {
-    spawn_sqlite_with(|_| {}).await
-}
-
 pub async fn spawn_sqlite_with(tune: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("yba.db").display());
@@ -94,10 +90,6 @@ pub async fn spawn_sqlite_with(tune: impl FnOnce(&mut Config)) -> TestApp {
 
 /// A server on PostgreSQL, in a schema of its own; None (test skipped) when PostgreSQL is not
 /// reachable, except in CI, where it must be.
-pub async fn spawn_postgres() -> Option<TestApp> {
-    spawn_postgres_with(|_| {}).await
-}
-
 pub async fn spawn_postgres_with(tune: impl FnOnce(&mut Config)) -> Option<TestApp> {
     let (url, schema) = postgres_schema().await?;
     let mut config = Config::local(url);

@@ -11,6 +11,8 @@ mod examples;
 mod formats;
 mod history;
 mod identity;
+mod mpi;
 mod ops;
+mod profiles;
 mod search;
 mod vn;
