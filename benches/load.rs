@@ -53,15 +53,20 @@ fn args() -> Args {
     a
 }
 
+/// Person `n`. Distinct `n` (below 120 million) are distinct people, each with a citizen ID of
+/// their own (the server keeps one record per citizen) whose birth year and sex agree with the
+/// record (the server checks them).
 fn patient(n: u64) -> Value {
+    let female = (n / 60_000_000) % 2 == 1;
+    let yy = 40 + (n / 1_000_000) % 60;
     json!({
         "resourceType": "Patient",
-        "identifier": [{"system": "http://fhir.ehealth.gov.vn/core/sid/citizen_id", "value": format!("001{}{:02}{:06}", n % 2, (40 + n % 60) % 100, n % 1_000_000)}],
+        "identifier": [{"system": "http://fhir.ehealth.gov.vn/core/sid/citizen_id", "value": format!("001{}{yy:02}{:06}", u8::from(female), n % 1_000_000)}],
         "active": true,
         "name": [{"use": "official", "family": "Nguyễn", "given": ["Văn", format!("An{n}")]}],
         "telecom": [{"system": "phone", "value": format!("09{:08}", n % 100_000_000), "use": "mobile"}],
-        "gender": if n.is_multiple_of(2) { "male" } else { "female" },
-        "birthDate": format!("19{:02}-{:02}-{:02}", 40 + n % 60, 1 + n % 12, 1 + n % 28),
+        "gender": if female { "female" } else { "male" },
+        "birthDate": format!("19{yy:02}-{:02}-{:02}", 1 + n % 12, 1 + n % 28),
         "address": [{"use": "home", "line": ["12 Lê Lợi"], "city": "Huế", "district": "Phú Hội", "country": "VN"}]
     })
 }
@@ -291,8 +296,10 @@ fn main() {
         println!("server pid {} (idle RSS {} kB)", server.id(), idle_rss);
         // Create.
         if phase("create") {
-        let create = run("create (POST Patient)", &addr, a.clients, a.seconds, |c, rng| {
-            let body = patient(c as u64 * 1_000_000 + rng.below(1_000_000) as u64).to_string().into_bytes();
+        let next = std::rc::Rc::new(std::cell::Cell::new(0u64));
+        let create = run("create (POST Patient)", &addr, a.clients, a.seconds, move |_, _| {
+            // A new person each time: a second record of a citizen would be refused (409).
+            let body = patient(next.replace(next.get() + 1)).to_string().into_bytes();
             ("POST", "/fhir/Patient".into(), Some(body), 201)
         })
         .await;
@@ -302,7 +309,7 @@ fn main() {
         let mut conn = Conn::open(&addr).await;
         let mut ids = Vec::new();
         for i in 0..2000u64 {
-            let (s, body) = conn.call("POST", "/fhir/Patient", Some(patient(900_000_000 + i).to_string().as_bytes())).await;
+            let (s, body) = conn.call("POST", "/fhir/Patient", Some(patient(50_000_000 + i).to_string().as_bytes())).await;
             assert_eq!(s, 201);
             let v: Value = serde_json::from_slice(&body).unwrap();
             ids.push(v["id"].as_str().unwrap().to_string());
@@ -321,8 +328,11 @@ fn main() {
         if phase("update") {
         results.push(
             run("update (PUT Patient/id)", &addr, a.clients, a.seconds, move |_, rng| {
-                let id = &upd_ids[rng.below(upd_ids.len())];
-                let mut p = patient(rng.below(1_000_000) as u64);
+                let i = rng.below(upd_ids.len());
+                let id = &upd_ids[i];
+                // The same person, so the citizen ID stays theirs; the new version differs.
+                let mut p = patient(50_000_000 + i as u64);
+                p["telecom"][0]["value"] = json!(format!("09{:08}", rng.below(100_000_000)));
                 p["id"] = json!(id);
                 ("PUT", format!("/fhir/Patient/{id}"), Some(p.to_string().into_bytes()), 200)
             })
@@ -334,7 +344,7 @@ fn main() {
         let mut rng = Rng(42);
         let bundles: Vec<(Vec<u8>, usize, Vec<RawRowOwned>)> = (0..a.bundles)
             .map(|i| {
-                let (b, size) = patient_bundle(i as u64, &mut rng);
+                let (b, size) = patient_bundle(100_000_000 + i as u64, &mut rng);
                 let rows = b["entry"]
                     .as_array()
                     .unwrap()

@@ -16,7 +16,7 @@ pub async fn metadata(req: HttpRequest, state: web::Data<AppState>) -> HttpRespo
     state
         .reply(&req, Interaction::Capabilities, |ctx| async {
             let ctx = ctx;
-            let json = capability_statement(ctx.base()).to_string();
+            let json = capability_statement(ctx.base(), state.fhir.conformance()).to_string();
             bundle_response(json, &ctx)
         })
         .await

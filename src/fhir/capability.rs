@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 
+use super::conformance::Conformance;
 use super::datetime::{format_instant, now_millis};
 use super::schema::R4;
 
@@ -19,15 +20,22 @@ const TYPE_INTERACTIONS: &[&str] = &[
     "search-type",
 ];
 
-/// The CapabilityStatement of this server at `base`, as FHIR JSON.
-pub fn capability_statement(base: &str) -> Value {
+/// The CapabilityStatement of this server at `base`, as FHIR JSON: `conformance` says which
+/// profiles are compulsory (`profile`) and which the server can check (`supportedProfile`).
+pub fn capability_statement(base: &str, conformance: &Conformance) -> Value {
+    let registry = conformance.registry();
     let resources: Vec<Value> = R4
         .resource_types()
         .iter()
         .map(|ty| {
+            let profile = conformance
+                .compulsory(ty)
+                .map_or_else(|| format!("http://hl7.org/fhir/StructureDefinition/{ty}"), str::to_string);
+            let mut supported: Vec<&str> = registry.profiles_of(ty).collect();
+            supported.sort_unstable();
             let mut r = json!({
                 "type": ty,
-                "profile": format!("http://hl7.org/fhir/StructureDefinition/{ty}"),
+                "profile": profile,
                 "interaction": TYPE_INTERACTIONS.iter().map(|c| json!({"code": c})).collect::<Vec<_>>(),
                 "versioning": "versioned-update",
                 "readHistory": true,
@@ -41,12 +49,21 @@ pub fn capability_statement(base: &str) -> Value {
                 "searchInclude": ["*", format!("{ty}:*")],
                 "searchRevInclude": ["*"],
             });
-            if *ty == "Patient" {
-                r["operation"] = json!([{
-                    "name": "everything",
-                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"
-                }]);
+            if !supported.is_empty() {
+                r["supportedProfile"] = json!(supported);
             }
+            let mut ops = vec![json!({
+                "name": "validate",
+                "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"
+            })];
+            if *ty == "Patient" {
+                ops.extend([
+                    json!({"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}),
+                    json!({"name": "match", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match"}),
+                    json!({"name": "merge", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-merge"}),
+                ]);
+            }
+            r["operation"] = json!(ops);
             r
         })
         .collect();

@@ -119,6 +119,15 @@ impl Conformance {
         issues
     }
 
+    /// The profile every resource of `ty` must meet, if one is compulsory.
+    pub fn compulsory(&self, ty: &str) -> Option<&str> {
+        self.rules
+            .always
+            .iter()
+            .find(|(t, _)| t == ty)
+            .map(|(_, p)| p.as_str())
+    }
+
     /// The profiles and terminology in force.
     pub fn registry(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
         self.registry.read().unwrap_or_else(|e| e.into_inner())

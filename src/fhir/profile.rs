@@ -93,8 +93,12 @@ impl Registry {
         self.profiles.get(url.split('|').next().unwrap_or(url))
     }
 
-    pub fn profile_urls(&self) -> impl Iterator<Item = &str> {
-        self.profiles.keys().map(String::as_str)
+    /// The canonical URLs of the profiles that constrain `ty`.
+    pub fn profiles_of<'a>(&'a self, ty: &'a str) -> impl Iterator<Item = &'a str> {
+        self.profiles
+            .values()
+            .filter(move |p| p.ty == ty)
+            .map(|p| p.url.as_str())
     }
 
     /// Learns a conformance resource: a StructureDefinition (a constraint of a resource or data

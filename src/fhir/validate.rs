@@ -113,7 +113,7 @@ impl Walker<'_> {
         let def = self.schema.type_def(ty)?;
         let mark = self.push(ty);
         self.object(obj, def, true);
-        self.vn_rules(ty, obj);
+        self.vn_rules(obj);
         // A contained resource's own path is kept (`Patient.contained[0]`), not its type name.
         self.path.truncate(mark);
         Some(ty)
@@ -364,13 +364,13 @@ impl Walker<'_> {
         };
         let def = self.schema.type_def(ty)?;
         self.object(obj, def, true);
-        self.vn_rules(ty, obj);
+        self.vn_rules(obj);
         Some(ty)
     }
 
     /// The Vietnamese identifier rules of the resource at the current path.
-    fn vn_rules(&mut self, ty: &str, obj: &Map<String, Value>) {
-        for issue in super::vn_rules::check(ty, obj, &self.path) {
+    fn vn_rules(&mut self, obj: &Map<String, Value>) {
+        for issue in super::vn_rules::check(obj, &self.path) {
             if self.issues.len() < MAX_ISSUES {
                 self.issues.push(issue);
             }

@@ -1,12 +1,13 @@
-//! The Vietnamese identifier rules (`crate::vn`) applied to resources on write: a citizen ID
-//! (`http://fhir.ehealth.gov.vn/core/sid/citizen_id`) or a health-insurance card code
-//! (`.../insurance_number`) that is not well-formed is refused with its FHIRPath location, and a
-//! Patient's citizen ID must agree with its birth date and gender (TT 07/2016/TT-BCA Đ7).
+//! The Vietnamese identifier rules (`crate::vn`) applied to resources on write: a citizen ID, a
+//! health-insurance card code, a facility code, a licence to practise or an e-prescription code
+//! that is not well-formed is refused with its FHIRPath location (whatever the resource type), a
+//! Patient's citizen ID must agree with its birth date and gender (TT 07/2016/TT-BCA Đ7), and an
+//! adult VN Patient must be identified.
 
 use serde_json::{Map, Value};
 
 use super::outcome::Issue;
-use crate::vn::{BhytNumber, Cccd, Sex};
+use crate::vn::{BhytNumber, Cccd, FacilityCode, PractitionerLicence, PrescriptionCode, Sex};
 
 /// The VN Core identifier system of personal identification numbers.
 pub const CITIZEN_ID: &str = "http://fhir.ehealth.gov.vn/core/sid/citizen_id";
@@ -15,37 +16,47 @@ pub const INSURANCE_NUMBER: &str = "http://fhir.ehealth.gov.vn/core/sid/insuranc
 /// The VN Core identifier system of passport numbers.
 pub const PASSPORT_NUMBER: &str = "http://fhir.ehealth.gov.vn/core/sid/passport_number";
 
-/// The errors of the resource `obj` of type `ty` at FHIRPath `at` (`Patient`,
-/// `Bundle.entry[0].resource`); none for types that carry no such identifiers.
-pub fn check(ty: &str, obj: &Map<String, Value>, at: &str) -> Vec<Issue> {
-    if !matches!(ty, "Patient" | "Practitioner" | "RelatedPerson" | "Person") {
-        return Vec::new();
-    }
-    let Some(Value::Array(ids)) = obj.get("identifier") else {
-        return Vec::new();
-    };
+/// The VN Core identifier system of health-facility codes (MA_CSKCB).
+pub const PROVIDER_CODE: &str = "http://fhir.ehealth.gov.vn/core/sid/provider-code";
+/// The VN Core identifier system of practitioners' licences to practise.
+pub const PRACTITIONER_LICENCE: &str =
+    "http://fhir.ehealth.gov.vn/core/sid/provider-medical-license-number";
+/// Our identifier system of e-prescription codes (`MedicationRequest.groupIdentifier`).
+pub const PRESCRIPTION_CODE: &str = "https://yba.vn/fhir/sid/prescription-code";
+
+/// The errors of the resource `obj` at FHIRPath `at` (`Patient`, `Bundle.entry[0].resource`):
+/// every `identifier` (and `groupIdentifier`) in one of the systems above must be well-formed.
+pub fn check(obj: &Map<String, Value>, at: &str) -> Vec<Issue> {
     let mut out = Vec::new();
-    for (i, id) in ids.iter().enumerate() {
-        let system = id.get("system").and_then(Value::as_str);
-        let Some(value) = id.get("value").and_then(Value::as_str) else {
-            continue;
-        };
-        let here = format!("{at}.identifier[{i}].value");
-        match system {
-            Some(CITIZEN_ID) => {
-                if let Err(e) = Cccd::parse(value) {
-                    out.push(Issue::error("value", e.0).at(here));
-                }
-            }
-            Some(INSURANCE_NUMBER) => {
-                if let Err(e) = BhytNumber::parse(value) {
-                    out.push(Issue::error("value", e.0).at(here));
-                }
-            }
-            _ => {}
+    if let Some(Value::Array(ids)) = obj.get("identifier") {
+        for (i, id) in ids.iter().enumerate() {
+            check_identifier(id, || format!("{at}.identifier[{i}].value"), &mut out);
         }
     }
+    if let Some(id) = obj.get("groupIdentifier") {
+        check_identifier(id, || format!("{at}.groupIdentifier.value"), &mut out);
+    }
     out
+}
+
+fn check_identifier(id: &Value, here: impl Fn() -> String, out: &mut Vec<Issue>) {
+    let (Some(system), Some(value)) = (
+        id.get("system").and_then(Value::as_str),
+        id.get("value").and_then(Value::as_str),
+    ) else {
+        return;
+    };
+    let parsed = match system {
+        CITIZEN_ID => Cccd::parse(value).map(|_| ()),
+        INSURANCE_NUMBER => BhytNumber::parse(value).map(|_| ()),
+        PROVIDER_CODE => FacilityCode::parse(value).map(|_| ()),
+        PRACTITIONER_LICENCE => PractitionerLicence::parse(value).map(|_| ()),
+        PRESCRIPTION_CODE => PrescriptionCode::parse(value).map(|_| ()),
+        _ => return,
+    };
+    if let Err(e) = parsed {
+        out.push(Issue::error("value", e.0).at(here()));
+    }
 }
 
 /// A Patient's citizen IDs against its birth date and gender (TT 07/2016/TT-BCA Đ7): the

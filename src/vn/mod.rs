@@ -362,6 +362,132 @@ impl fmt::Display for FacilityCode {
     }
 }
 
+/// A practitioner's licence to practise (chứng chỉ hành nghề, CCHN, under Luật KCB 40/2009;
+/// giấy phép hành nghề, GPHN, under Luật KCB 15/2023/QH15 Đ30 from 01/01/2024), as written on the
+/// licence: a serial number, the issuing authority's code, and the kind, `000123/HNO-CCHN` or
+/// `001234/BYT-GPHN`. The layout is what licences show, not a published rule **[?]**, so only
+/// what no licence can look like is refused (empty, blanks inside, more than 30 characters, no
+/// digit, characters other than letters, digits, `/`, `-` and `.`); [`PractitionerLicence::kind`]
+/// says whether the usual layout was recognised.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PractitionerLicence(String);
+
+/// The kind of a licence to practise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LicenceKind {
+    /// Chứng chỉ hành nghề (before 2024).
+    Certificate,
+    /// Giấy phép hành nghề (Luật KCB 2023).
+    Licence,
+}
+
+impl PractitionerLicence {
+    pub fn parse(s: &str) -> Result<PractitionerLicence, IdError> {
+        let v = s.trim();
+        let ok = !v.is_empty()
+            && v.len() <= 30
+            && v.bytes().any(|b| b.is_ascii_digit())
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'.'));
+        if ok {
+            Ok(PractitionerLicence(v.to_ascii_uppercase()))
+        } else {
+            Err(IdError(format!(
+                "'{s}' is not a licence to practise: up to 30 letters, digits, '/', '-' or '.', \
+                 such as 000123/HNO-CCHN or 001234/BYT-GPHN"
+            )))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The kind, when the number has the usual `serial/AUTHORITY-KIND` layout.
+    pub fn kind(&self) -> Option<LicenceKind> {
+        let (serial, rest) = self.0.split_once('/')?;
+        if serial.is_empty() || !serial.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        match rest.rsplit_once('-')? {
+            (auth, "CCHN") if !auth.is_empty() => Some(LicenceKind::Certificate),
+            (auth, "GPHN") if !auth.is_empty() => Some(LicenceKind::Licence),
+            _ => None,
+        }
+    }
+}
+
+/// What an e-prescription holds, from the last character of its code (TT 26/2025/TT-BYT Phụ lục
+/// I, note 1; TT 55/2025 for traditional medicine; the national system's `loai_don_thuoc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrescriptionKind {
+    /// `c`: ordinary medicines.
+    Ordinary,
+    /// `n`: narcotic medicines (a separate form, 3 copies).
+    Narcotic,
+    /// `h`: psychotropic medicines and precursors.
+    Psychotropic,
+    /// `y`: traditional medicine (the national system's code).
+    Traditional,
+    /// `t`: herbal decoction (TT 55/2025).
+    Herbal,
+}
+
+/// An e-prescription code (mã đơn thuốc), `xxxxxyyyyyyy-z`: the 5-character facility code, 7
+/// random letters or digits unique within the facility, a hyphen, and the kind (TT 26/2025/TT-BYT
+/// Phụ lục I note 1). Codes are written in either case (`25366VMA336R-c`), so they are compared
+/// in upper case.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PrescriptionCode(String);
+
+impl PrescriptionCode {
+    pub fn parse(s: &str) -> Result<PrescriptionCode, IdError> {
+        let v = s.trim().to_ascii_uppercase();
+        let bad = |why: &str| {
+            IdError(format!(
+                "'{s}' is not an e-prescription code ({why}): 5-character facility code, 7 \
+                 letters or digits, '-', and C, N, H, Y or T (TT 26/2025/TT-BYT)"
+            ))
+        };
+        if v.len() != 14 || !v.is_ascii() {
+            return Err(bad("14 characters"));
+        }
+        let (body, kind) = v.split_at(12);
+        if !body.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(bad("letters and digits before the hyphen"));
+        }
+        if !matches!(kind, "-C" | "-N" | "-H" | "-Y" | "-T") {
+            return Err(bad("unknown kind"));
+        }
+        Ok(PrescriptionCode(v))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The facility that issued it.
+    pub fn facility(&self) -> FacilityCode {
+        FacilityCode(self.0[..5].to_string())
+    }
+
+    pub fn kind(&self) -> PrescriptionKind {
+        match self.0.as_bytes()[13] {
+            b'N' => PrescriptionKind::Narcotic,
+            b'H' => PrescriptionKind::Psychotropic,
+            b'Y' => PrescriptionKind::Traditional,
+            b'T' => PrescriptionKind::Herbal,
+            _ => PrescriptionKind::Ordinary,
+        }
+    }
+}
+
+impl fmt::Display for PrescriptionCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,5 +607,61 @@ mod tests {
         );
         assert_eq!(province("092"), Some("Cần Thơ"));
         assert_eq!(province("003"), None);
+    }
+
+    #[test]
+    fn practitioner_licences() {
+        // (input, kind)
+        let valid = [
+            ("000123/HNO-CCHN", Some(LicenceKind::Certificate)),
+            ("001234/byt-gphn", Some(LicenceKind::Licence)),
+            (" 0045/HCM-GPHN ", Some(LicenceKind::Licence)),
+            ("12345", None),
+            ("BS-2020.77", None),
+        ];
+        for (input, kind) in valid {
+            let l = PractitionerLicence::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(l.kind(), kind, "{input}");
+        }
+        for bad in [
+            "",
+            "   ",
+            "ABC/DEF-CCHN",
+            "0001 23/HNO-CCHN",
+            "0001_23",
+            &"1".repeat(31),
+        ] {
+            assert!(PractitionerLicence::parse(bad).is_err(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn prescription_codes() {
+        // (input, facility, kind)
+        let valid = [
+            ("25366VMA336R-c", "25366", PrescriptionKind::Ordinary),
+            ("01001abc1234-N", "01001", PrescriptionKind::Narcotic),
+            ("79001ZZZZZZZ-h", "79001", PrescriptionKind::Psychotropic),
+            ("79001ZZZZZZ1-Y", "79001", PrescriptionKind::Traditional),
+            ("79001ZZZZZZ2-t", "79001", PrescriptionKind::Herbal),
+        ];
+        for (input, facility, kind) in valid {
+            let c = PrescriptionCode::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(c.facility().as_str(), facility, "{input}");
+            assert_eq!(c.kind(), kind, "{input}");
+            assert_eq!(c.as_str(), input.to_ascii_uppercase());
+        }
+        for bad in [
+            "",
+            "25366VMA336R",
+            "25366VMA336R-X",
+            "25366VMA336-c",
+            "25366VMA336RR-c",
+            "25366VMA336R_c",
+            "25366VMA 36R-c",
+            "25366VMẠ336R-c",
+        ] {
+            assert!(PrescriptionCode::parse(bad).is_err(), "{bad} parsed");
+        }
     }
 }

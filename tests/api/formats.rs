@@ -130,6 +130,26 @@ async fn metadata_is_a_capability_statement_of_all_types(app: TestApp) {
         assert!(codes.contains(&c), "{c}");
     }
     assert_eq!(patient["conditionalCreate"], true);
+    // VN Patient is compulsory; the operations are listed.
+    assert_eq!(
+        patient["profile"],
+        "https://yba.vn/fhir/StructureDefinition/vn-patient"
+    );
+    let ops: Vec<&str> = patient["operation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops, ["validate", "everything", "match", "merge"]);
+    let org = resources
+        .iter()
+        .find(|r| r["type"] == "Organization")
+        .unwrap();
+    assert_eq!(
+        org["supportedProfile"],
+        serde_json::json!(["https://yba.vn/fhir/StructureDefinition/vn-organization"])
+    );
     let sys: Vec<&str> = cs["rest"][0]["interaction"]
         .as_array()
         .unwrap()

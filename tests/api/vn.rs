@@ -108,7 +108,67 @@ async fn a_citizen_id_must_agree_with_birth_date_and_gender(app: TestApp) {
     );
 }
 
+/// The single error of a refused write of any type: its diagnostics and location.
+async fn refused_as(app: &TestApp, body: &Value) -> (String, String) {
+    let ty = body["resourceType"].as_str().unwrap();
+    let o = app.post_json(ty, body).await.assert_outcome(400);
+    let issues = o["issue"].as_array().unwrap();
+    assert_eq!(issues.len(), 1, "{o}");
+    assert_eq!(issues[0]["code"], "value");
+    (
+        issues[0]["diagnostics"].as_str().unwrap().to_string(),
+        issues[0]["expression"][0].as_str().unwrap().to_string(),
+    )
+}
+
+async fn facility_licence_and_prescription_codes_are_checked(app: TestApp) {
+    const FACILITY: &str = "http://fhir.ehealth.gov.vn/core/sid/provider-code";
+    const LICENCE: &str = "http://fhir.ehealth.gov.vn/core/sid/provider-medical-license-number";
+    const RX: &str = "https://yba.vn/fhir/sid/prescription-code";
+    let org = |code: &str| {
+        json!({"resourceType": "Organization", "name": "Bệnh viện Bạch Mai",
+        "identifier": [{"system": FACILITY, "value": code}]})
+    };
+    assert_eq!(
+        app.post_json("Organization", &org("01001")).await.status,
+        201
+    );
+    let (msg, at) = refused_as(&app, &org("0100")).await;
+    assert!(msg.contains("five letters or digits"), "{msg}");
+    assert_eq!(at, "Organization.identifier[0].value");
+
+    let doctor = |licence: &str| {
+        json!({"resourceType": "Practitioner", "name": [{"family": "Lê"}],
+        "identifier": [{"system": LICENCE, "value": licence}]})
+    };
+    assert_eq!(
+        app.post_json("Practitioner", &doctor("001234/BYT-GPHN"))
+            .await
+            .status,
+        201
+    );
+    let (_, at) = refused_as(&app, &doctor("0012 34/BYT")).await;
+    assert_eq!(at, "Practitioner.identifier[0].value");
+
+    let line = |code: &str| {
+        json!({"resourceType": "MedicationRequest", "status": "active",
+        "intent": "order", "subject": {"reference": "Patient/x"},
+        "medicationCodeableConcept": {"text": "Paracetamol 500 mg"},
+        "groupIdentifier": {"system": RX, "value": code}})
+    };
+    assert_eq!(
+        app.post_json("MedicationRequest", &line("25366VMA336R-c"))
+            .await
+            .status,
+        201
+    );
+    let (msg, at) = refused_as(&app, &line("25366VMA336R-x")).await;
+    assert!(msg.contains("TT 26/2025"), "{msg}");
+    assert_eq!(at, "MedicationRequest.groupIdentifier.value");
+}
+
 crate::on_both_databases!(
     citizen_ids_are_checked_on_write,
     a_citizen_id_must_agree_with_birth_date_and_gender,
+    facility_licence_and_prescription_codes_are_checked,
 );
