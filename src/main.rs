@@ -59,6 +59,13 @@ fn serve(config: Config) -> Result<(), String> {
             Ok(n) => tracing::info!(count = n, "stored profiles and terminology are in force"),
             Err(e) => tracing::warn!("stored profiles and terminology were not loaded: {e}"),
         }
+        for (ty, url) in &config.rules().always {
+            if running.fhir.conformance().registry().profile(url).is_none() {
+                tracing::warn!(
+                    "the compulsory profile {url} of {ty} is not known: every {ty} write will be refused until it is loaded"
+                );
+            }
+        }
         match yba::fhir::search::index_is_current(&running.store).await {
             Ok(true) => {}
             Ok(false) => tracing::warn!(

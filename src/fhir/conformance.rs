@@ -94,9 +94,19 @@ impl Conformance {
             .flatten()
             .filter_map(Value::as_str)
         {
-            // A profile the server does not know (another IG's) is not checked, as HAPI does.
+            // A profile the server does not know (another IG's) is not checked, as HAPI does;
+            // `$validate` says so.
             if registry.profile(p).is_some() {
                 profiles.push(p);
+            } else {
+                issues.push(
+                    Issue::error(
+                        "not-supported",
+                        format!("the profile {p} is not known to this server; not checked"),
+                    )
+                    .warning()
+                    .at(format!("{at}.meta.profile")),
+                );
             }
         }
         for (t, p) in &self.rules.always {

@@ -771,6 +771,43 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_serves_when_there_is_no_differential() {
+        let mut r = Registry::default();
+        let sd = json!({"resourceType": "StructureDefinition", "url": "urn:x:snap", "type": "Patient",
+            "snapshot": {"element": [
+                {"id": "Patient", "path": "Patient", "min": 0, "max": "*"},
+                {"id": "Patient.birthDate", "path": "Patient.birthDate", "min": 1, "max": "1"},
+                {"id": "Patient.gender", "path": "Patient.gender", "min": 0, "max": "1",
+                 "binding": {"strength": "required", "valueSet": "urn:x:vs|1.0"}}]}});
+        r.learn(&sd).expect("compiles");
+        r.learn(&json!({"resourceType": "ValueSet", "url": "urn:x:vs",
+            "compose": {"include": [{"system": "http://hl7.org/fhir/administrative-gender",
+                "concept": [{"code": "female"}, {"code": "male"}]}]}}))
+            .expect("learns");
+        let p = json!({"resourceType": "Patient", "gender": "unknown"});
+        assert_eq!(
+            exprs(&r.validate("urn:x:snap", &p, "Patient")),
+            [
+                ("Patient.birthDate", "required"),
+                ("Patient.gender", "code-invalid")
+            ]
+        );
+        // A profile of another type, or an element outside its type, is refused.
+        assert!(
+            r.validate(
+                "urn:x:snap",
+                &json!({"resourceType": "Observation"}),
+                "Observation"
+            )[0]
+            .code
+                == "invalid"
+        );
+        let bad = json!({"resourceType": "StructureDefinition", "url": "urn:x:bad", "type": "Patient",
+            "differential": {"element": [{"id": "Observation.code", "min": 1}]}});
+        assert!(r.learn(&bad).is_err());
+    }
+
+    #[test]
     fn patterns_are_subsets() {
         assert!(contains(
             &json!({"coding": [{"system": "s", "code": "a", "display": "A"}], "text": "t"}),

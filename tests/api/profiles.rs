@@ -169,6 +169,14 @@ async fn claimed_profiles_bind_and_unknown_ones_are_ignored(app: TestApp) {
     assert_eq!(app.post_json("Organization", &plain).await.status, 201);
     plain["meta"] = json!({"profile": ["http://example.org/StructureDefinition/other"]});
     assert_eq!(app.post_json("Organization", &plain).await.status, 201);
+    // $validate says it was not checked.
+    let r = app.post_json("Organization/$validate", &plain).await;
+    assert_eq!(
+        issues(&r.json()),
+        [t("warning", "not-supported", "Organization.meta.profile")],
+        "{}",
+        r.body
+    );
 }
 
 async fn validate_reports_every_issue_with_status_200(app: TestApp) {
