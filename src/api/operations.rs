@@ -74,6 +74,27 @@ async fn operation_body(
     }))
 }
 
+/// The body an operation cannot do without, a valid resource (of type `ty`, when given); else
+/// 400 saying what to send.
+async fn required_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    ctx: &Ctx,
+    ty: Option<&str>,
+    what: &str,
+) -> Result<Value, ApiError> {
+    match operation_body(req, payload, state, ctx, false).await? {
+        Some(Ok(v))
+            if ty.is_none_or(|t| v.get("resourceType").and_then(Value::as_str) == Some(t)) =>
+        {
+            Ok(v)
+        }
+        Some(Err(issues)) => Err(ctx.error(Error::Invalid(issues))),
+        _ => Err(ctx.error(Error::invalid("required", what.to_string()))),
+    }
+}
+
 /// `POST [type]/$validate` and `POST|GET [type]/[id]/$validate`: every issue of the resource
 /// (its R4 structure, the Vietnamese identifier rules, the profiles it claims and the compulsory
 /// ones, and the `profile` asked for), as an OperationOutcome with status 200: the validation
@@ -233,16 +254,15 @@ pub async fn match_patient(
     state
         .reply(&req, Interaction::Operations, |ctx| async {
             let ctx = ctx;
-            let params = match operation_body(&req, payload, &state, &ctx, false).await? {
-                Some(Ok(v)) => v,
-                Some(Err(issues)) => return Err(ctx.error(Error::Invalid(issues))),
-                None => {
-                    return Err(ctx.error(Error::invalid(
-                        "required",
-                        "send Parameters with the Patient to match as 'resource'",
-                    )));
-                }
-            };
+            let params = required_body(
+                &req,
+                payload,
+                &state,
+                &ctx,
+                None,
+                "send Parameters with the Patient to match as 'resource'",
+            )
+            .await?;
             let input = match params.get("resourceType").and_then(Value::as_str) {
                 Some("Parameters") => param(&params, "resource")
                     .and_then(|p| p.get("resource"))
@@ -374,16 +394,15 @@ pub async fn merge(
     state
         .reply(&req, Interaction::Operations, |ctx| async {
             let ctx = ctx;
-            let params = match operation_body(&req, payload, &state, &ctx, false).await? {
-                Some(Ok(v)) if v.get("resourceType") == Some(&json!("Parameters")) => v,
-                Some(Err(issues)) => return Err(ctx.error(Error::Invalid(issues))),
-                _ => {
-                    return Err(ctx.error(Error::invalid(
-                        "required",
-                        "send Parameters with 'source-patient' and 'target-patient'",
-                    )));
-                }
-            };
+            let params = required_body(
+                &req,
+                payload,
+                &state,
+                &ctx,
+                Some("Parameters"),
+                "send Parameters with 'source-patient' and 'target-patient'",
+            )
+            .await?;
             let source = patient_param(&state, &params, "source-patient", &ctx).await?;
             let target = patient_param(&state, &params, "target-patient", &ctx).await?;
             let preview = param_bool(&params, "preview").unwrap_or(false);

@@ -410,35 +410,20 @@ fn plan(
     for e in entries.iter_mut().filter(|e| e.verb == Verb::Post) {
         let ty = e.target.ty();
         if let Some(c) = &e.if_none_exist {
+            // The resource that meets the condition or, one citizen one record, the record the
+            // person already has.
+            let resource = e.resource.as_ref();
             let Some(found) = look
-                .need(|s| conditional_match(s, ty, c))
-                .map_err(|err| entry_error(e.index, err))?
-            else {
-                return Ok(None);
-            };
-            if let Some(existing) = found {
-                map_full_url(&mut ids, e.full_url.as_deref(), ty, &existing.id);
-                out[e.index] = Some(written_entry(
-                    &Written {
-                        stored: existing,
-                        created: false,
+                .need(|s| match conditional_match(s, ty, c)? {
+                    Some(m) => Ok(Some(m)),
+                    None => match (ty, resource) {
+                        ("Patient", Some(r)) => {
+                            let rows = super::search::extract::index_rows(ty, r);
+                            citizen_holder(s, ty, "", "", &rows)
+                        }
+                        _ => Ok(None),
                     },
-                    opts,
-                    true,
-                ));
-                e.resource = None;
-                continue;
-            }
-        }
-        // One citizen, one record: a conditional create of a person who already has a record
-        // is given that record.
-        if e.if_none_exist.is_some()
-            && ty == "Patient"
-            && let Some(r) = e.resource.as_ref()
-        {
-            let rows = super::search::extract::index_rows(ty, r);
-            let Some(found) = look
-                .need(|s| citizen_holder(s, ty, "", "", &rows))
+                })
                 .map_err(|err| entry_error(e.index, err))?
             else {
                 return Ok(None);

@@ -51,16 +51,7 @@ impl Condition {
             return Err(Error::NotFound(format!("'{ty}' is not a resource type")));
         };
         let spec = query::parse(Some(ty), &self.pairs, true)?;
-        let rows = s.search(&SearchQuery {
-            types: spec.types,
-            filters: spec.filters,
-            after: None,
-            before: None,
-            limit,
-            sort: Vec::new(),
-            sort_after: None,
-            sort_before: None,
-        })?;
+        let rows = s.search(&SearchQuery::unsorted(spec.types, spec.filters, limit))?;
         Ok(rows.into_iter().map(|r| r.res_id).collect())
     }
 

@@ -198,16 +198,11 @@ impl Conformance {
     pub async fn load_stored(&self, store: &Store) -> Result<usize> {
         let rows = store
             .read(|s| {
-                Ok::<_, Error>(s.search(&SearchQuery {
-                    types: DEFINING_TYPES.iter().map(|t| t.to_string()).collect(),
-                    filters: Vec::new(),
-                    after: None,
-                    before: None,
-                    limit: 100_000,
-                    sort: Vec::new(),
-                    sort_after: None,
-                    sort_before: None,
-                })?)
+                Ok::<_, Error>(s.search(&SearchQuery::unsorted(
+                    DEFINING_TYPES.iter().map(|t| t.to_string()).collect(),
+                    Vec::new(),
+                    100_000,
+                ))?)
             })
             .await?;
         for r in &rows {

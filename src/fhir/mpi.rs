@@ -180,16 +180,11 @@ fn search_ids(s: &mut Session<'_>, pairs: &[(&str, &str)], limit: i64) -> Result
     for (name, value) in pairs {
         filters.push(criterion("Patient", name, value)?);
     }
-    let rows = s.search(&SearchQuery {
-        types: vec!["Patient".into()],
+    let rows = s.search(&SearchQuery::unsorted(
+        vec!["Patient".into()],
         filters,
-        after: None,
-        before: None,
         limit,
-        sort: Vec::new(),
-        sort_after: None,
-        sort_before: None,
-    })?;
+    ))?;
     Ok(rows
         .into_iter()
         .map(|r| Stored {

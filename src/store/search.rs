@@ -283,6 +283,22 @@ pub struct SearchQuery {
     pub sort_before: Option<(Vec<SortValue>, i64)>,
 }
 
+impl SearchQuery {
+    /// The first `limit` resources of `types` meeting `filters`, in key order.
+    pub fn unsorted(types: Vec<String>, filters: Vec<Filter>, limit: i64) -> SearchQuery {
+        SearchQuery {
+            types,
+            filters,
+            after: None,
+            before: None,
+            limit,
+            sort: Vec::new(),
+            sort_after: None,
+            sort_before: None,
+        }
+    }
+}
+
 /// What a search sorts by.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SortBy {

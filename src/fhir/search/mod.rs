@@ -364,16 +364,11 @@ pub async fn reindex(store: &Store, progress: &dyn Fn(u64, u64)) -> Result<u64> 
 pub async fn custom_params(store: &Store) -> Result<Vec<Value>> {
     store
         .read(|s| {
-            let rows = s.search(&SearchQuery {
-                types: vec!["SearchParameter".into()],
-                filters: Vec::new(),
-                after: None,
-                before: None,
-                limit: 10_000,
-                sort: Vec::new(),
-                sort_after: None,
-                sort_before: None,
-            })?;
+            let rows = s.search(&SearchQuery::unsorted(
+                vec!["SearchParameter".into()],
+                Vec::new(),
+                10_000,
+            ))?;
             Ok(rows
                 .iter()
                 .filter_map(|r| serde_json::from_str::<Value>(&r.body).ok())
