@@ -9,6 +9,9 @@
 //! (PostgreSQL advisory lock; SQLite's one writer serialises them anyway) before they look for a
 //! holder, so two hospitals pushing the same person at the same moment cannot both create.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
 use serde_json::Value;
 
 use super::outcome::Issue;
@@ -91,29 +94,29 @@ fn find_holders(
     wanted: &[(usize, &str)],
 ) -> Result<Option<Held>> {
     // The same person twice in one request (a transaction that creates two records for them).
-    for (n, (i, v)) in wanted.iter().enumerate() {
-        if let Some((j, _)) = wanted[..n]
-            .iter()
-            .find(|(j, w)| w == v && claims_[*j].id != claims_[*i].id)
-        {
-            return Ok(Some(Held {
-                claim: *i,
-                cccd: v.to_string(),
-                holder: claims_[*j].id.to_string(),
-            }));
+    let mut first: HashMap<&str, usize> = HashMap::with_capacity(wanted.len());
+    for &(i, v) in wanted {
+        match first.entry(v) {
+            Entry::Vacant(e) => {
+                e.insert(i);
+            }
+            Entry::Occupied(e) if claims_[*e.get()].id != claims_[i].id => {
+                return Ok(Some(Held {
+                    claim: i,
+                    cccd: v.to_string(),
+                    holder: claims_[*e.get()].id.to_string(),
+                }));
+            }
+            Entry::Occupied(_) => {}
         }
     }
-    let codes: Vec<&str> = wanted.iter().map(|(_, v)| *v).collect();
-    let held = s.active_token_holders("Patient", "identifier", CITIZEN_ID, &codes)?;
-    for (i, v) in wanted {
-        if let Some((_, holder)) = held
-            .iter()
-            .find(|(code, holder)| code == v && holder != claims_[*i].id)
-        {
+    for (v, i) in first {
+        let held = s.active_token_holders("Patient", "identifier", CITIZEN_ID, v)?;
+        if let Some(holder) = held.into_iter().find(|h| h != claims_[i].id) {
             return Ok(Some(Held {
-                claim: *i,
+                claim: i,
                 cccd: v.to_string(),
-                holder: holder.clone(),
+                holder,
             }));
         }
     }

@@ -624,22 +624,25 @@ impl<'c> Session<'c> {
             .load(self.db)?)
     }
 
-    /// The live resources of `ty` whose `param` token is `system|code` for one of `codes`, except
-    /// those whose `active` is false: `(code, id)` pairs. (Index rows exist for current versions
-    /// only, so a deleted or superseded version holds nothing.)
+    /// The live resources of `ty` whose `param` token is `system|code`, except those whose
+    /// `active` is false: their ids. (Index rows exist for current versions only, so a deleted or
+    /// superseded version holds nothing.) One code a query: an equality on every column of the
+    /// lookup index is planned as an index lookup even before PostgreSQL has statistics, where
+    /// `code = ANY($1)` was planned as a scan of every citizen ID (measured: 4 ms at 10,000
+    /// patients, against 0.03 ms).
     pub fn active_token_holders(
         &mut self,
         ty: &str,
         param: &str,
         system: &str,
-        codes: &[&str],
-    ) -> Result<Vec<(String, String)>> {
+        code: &str,
+    ) -> Result<Vec<String>> {
         let inactive = diesel::alias!(ix_token as inactive);
         Ok(ix_token::table
             .inner_join(rv::table.on(rv::pk.eq(ix_token::resource_pk)))
             .filter(ix_token::res_type.eq(ty))
             .filter(ix_token::param.eq(param))
-            .filter(ix_token::code.eq_any(codes))
+            .filter(ix_token::code.eq(code))
             .filter(ix_token::system.eq(system))
             .filter(diesel::dsl::not(diesel::dsl::exists(
                 inactive
@@ -651,7 +654,7 @@ impl<'c> Session<'c> {
                     .filter(inactive.field(ix_token::param).eq("active"))
                     .filter(inactive.field(ix_token::code).eq("false")),
             )))
-            .select((ix_token::code, rv::res_id))
+            .select(rv::res_id)
             .load(self.db)?)
     }
 
