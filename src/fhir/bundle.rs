@@ -588,6 +588,7 @@ fn run_transaction(
             rows: &c.tokens,
             body: &c.body,
             location: at(c.index, ".resource"),
+            prior: &[],
         })
         .collect();
     if let Some(h) = identity::holders(s, &claims)? {

@@ -45,6 +45,21 @@ pub(crate) struct Claim<'a> {
     pub body: &'a str,
     /// Where the resource is, for error locations (`Patient`, `Bundle.entry[2].resource`).
     pub location: String,
+    /// The citizen IDs the resource's previous version already held (see [`prior_claims`]):
+    /// an update that keeps them claims nothing new, and is not checked again.
+    pub prior: &'a [String],
+}
+
+/// What a Patient's previous version claimed, from its `(param, code)` token rows as
+/// `Session::retire_returning` gives them.
+pub fn prior_claims(rows: Vec<(String, String)>) -> Vec<String> {
+    if rows.iter().any(|(p, c)| p == "active" && c == "false") {
+        return Vec::new();
+    }
+    rows.into_iter()
+        .filter(|(p, _)| p == "identifier")
+        .map(|(_, c)| c)
+        .collect()
 }
 
 /// A citizen ID held by another active Patient.
@@ -82,7 +97,9 @@ fn wanted<'c>(claims_: &'c [Claim<'_>]) -> Vec<(usize, &'c str)> {
     let mut out = Vec::new();
     for (i, c) in claims_.iter().enumerate() {
         for cccd in claims(c.ty, c.rows) {
-            out.push((i, cccd));
+            if !c.prior.iter().any(|p| p == cccd) {
+                out.push((i, cccd));
+            }
         }
     }
     out

@@ -16,6 +16,7 @@ use super::format::to_stored_json;
 use super::identity;
 use super::outcome::Issue;
 use super::validate;
+use super::vn_rules::CITIZEN_ID;
 use crate::error::{Error, Result};
 use crate::store::{HistoryQuery, IndexRows, Method, NewVersion, Session, Store, VersionRow};
 
@@ -161,7 +162,7 @@ impl Fhir {
                         });
                     }
                 }
-                let stored = insert(s, ty, id, 1, Method::Create, now, body, tokens)?;
+                let stored = insert(s, ty, id, 1, Method::Create, now, body, tokens, &[])?;
                 Ok(Written {
                     stored,
                     created: true,
@@ -443,6 +444,7 @@ pub(crate) fn insert(
     now: i64,
     body: String,
     tokens: IndexRows,
+    prior: &[String],
 ) -> Result<Stored> {
     let row = NewVersion {
         res_type: ty,
@@ -463,6 +465,7 @@ pub(crate) fn insert(
             rows: &tokens,
             body: &body,
             location: ty.to_string(),
+            prior,
         }],
     )?;
     s.insert(&[(row, tokens)])?;
@@ -513,6 +516,7 @@ pub(crate) fn citizen_holder(
         rows,
         body,
         location: ty.to_string(),
+        prior: &[],
     };
     match identity::holders(s, &[claim])? {
         Some(h) => Ok(s.current(ty, &h.holder)?.map(Stored::from)),
@@ -542,7 +546,7 @@ pub(crate) fn update_in(
             }
             check_id(id)?;
             let (body, tokens) = prepare(value, ty, id, 1, now, location)?;
-            let stored = insert(s, ty, id.to_string(), 1, method, now, body, tokens)?;
+            let stored = insert(s, ty, id.to_string(), 1, method, now, body, tokens, &[])?;
             Ok(Written {
                 stored,
                 created: true,
@@ -560,7 +564,13 @@ pub(crate) fn update_in(
             let version = c.version + 1;
             let (body, tokens) =
                 prepare(value, ty, id, version, now.max(c.last_updated), location)?;
-            s.retire(c.pk)?;
+            // What the Patient already claimed is not claimed anew (one citizen, one record).
+            let prior = if ty == "Patient" && !c.deleted {
+                identity::prior_claims(s.retire_returning(c.pk, CITIZEN_ID)?)
+            } else {
+                s.retire(c.pk)?;
+                Vec::new()
+            };
             let stored = insert(
                 s,
                 ty,
@@ -570,6 +580,7 @@ pub(crate) fn update_in(
                 now.max(c.last_updated),
                 body,
                 tokens,
+                &prior,
             )?;
             Ok(Written {
                 stored,

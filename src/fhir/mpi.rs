@@ -278,6 +278,7 @@ impl Fhir {
                     rows: &rows,
                     body: &body,
                     location: ty.to_string(),
+                    prior: &[],
                 }];
                 Ok(match identity::holders_unlocked(s, &claim)? {
                     Some(h) => match identity::duplicate(&claim[0], &h) {
@@ -495,6 +496,7 @@ fn merge_in(
         now,
         body,
         rows,
+        &[],
     )?;
     Ok(Merged {
         target: written.stored,

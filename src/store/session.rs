@@ -389,6 +389,59 @@ impl<'c> Session<'c> {
         self.drop_index_rows(pk)
     }
 
+    /// As [`Session::retire`], returning the version's `identifier` tokens of `system` and its
+    /// `active` tokens as `(param, code)`: what a Patient claimed before this write (see
+    /// `fhir::identity`). On PostgreSQL still one round trip, the deletion returning them.
+    pub fn retire_returning(&mut self, pk: i64, system: &str) -> Result<Vec<(String, String)>> {
+        let n = diesel::update(rv::table.filter(rv::pk.eq(pk)).filter(rv::is_current))
+            .set(rv::is_current.eq(false))
+            .execute(self.db)?;
+        if n != 1 {
+            return Err(StoreError::Conflict);
+        }
+        match self.db {
+            Db::Postgres(c) => {
+                #[derive(diesel::QueryableByName)]
+                struct Row {
+                    #[diesel(sql_type = diesel::sql_types::Text)]
+                    param: String,
+                    #[diesel(sql_type = diesel::sql_types::Text)]
+                    code: String,
+                }
+                let rows: Vec<Row> = diesel::sql_query(
+                    "WITH a AS (DELETE FROM ix_token WHERE resource_pk = $1 RETURNING param, system, code), \
+                     b AS (DELETE FROM ix_string WHERE resource_pk = $1), \
+                     c AS (DELETE FROM ix_reference WHERE resource_pk = $1), \
+                     d AS (DELETE FROM ix_date WHERE resource_pk = $1), \
+                     e AS (DELETE FROM ix_number WHERE resource_pk = $1), \
+                     f AS (DELETE FROM ix_quantity WHERE resource_pk = $1), \
+                     g AS (DELETE FROM ix_uri WHERE resource_pk = $1), \
+                     h AS (DELETE FROM ix_composite WHERE resource_pk = $1) \
+                     SELECT param, code FROM a \
+                     WHERE (param = 'identifier' AND system = $2) OR param = 'active'",
+                )
+                .bind::<BigInt, _>(pk)
+                .bind::<diesel::sql_types::Text, _>(system)
+                .load(c)?;
+                Ok(rows.into_iter().map(|r| (r.param, r.code)).collect())
+            }
+            Db::Sqlite(_) => {
+                let rows = ix_token::table
+                    .filter(ix_token::resource_pk.eq(pk))
+                    .filter(
+                        ix_token::param
+                            .eq("identifier")
+                            .and(ix_token::system.eq(system))
+                            .or(ix_token::param.eq("active")),
+                    )
+                    .select((ix_token::param, ix_token::code))
+                    .load(self.db)?;
+                self.drop_index_rows(pk)?;
+                Ok(rows)
+            }
+        }
+    }
+
     /// Deletes the index rows of a version.
     pub fn drop_index_rows(&mut self, pk: i64) -> Result<()> {
         match self.db {
