@@ -16,6 +16,7 @@
 //! Dependencies point down: `api` → `fhir` → `store`.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod fhir;
