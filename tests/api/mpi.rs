@@ -249,7 +249,48 @@ async fn merge_refuses_two_people_and_unknown_records(app: TestApp) {
     );
 }
 
+async fn merge_by_identifier_and_match_by_passport(app: TestApp) {
+    const PASSPORT: &str = "http://fhir.ehealth.gov.vn/core/sid/passport_number";
+    // A foreigner registered twice: once with the passport, once by a hospital number.
+    let with_passport = app
+        .create(
+            &json!({"resourceType": "Patient", "name": [{"family": "Smith", "given": ["Anna"]}],
+            "gender": "female", "birthDate": "1980-02-03",
+            "identifier": [{"system": PASSPORT, "value": "C1234567"}]}),
+        )
+        .await;
+    let by_mrn = app
+        .create(
+            &json!({"resourceType": "Patient", "name": [{"family": "Smith", "given": ["Anna"]}],
+            "gender": "female", "birthDate": "1980-02-03",
+            "identifier": [{"system": PASSPORT, "value": "C7654321"},
+                           {"system": "http://benhvien-c.vn/mrn", "value": "F-12"}]}),
+        )
+        .await;
+    let probe = json!({"resourceType": "Patient", "identifier": [{"system": PASSPORT, "value": "C1234567"}]});
+    assert_eq!(
+        matches(&app, &match_params(probe, vec![])).await,
+        [(id(&with_passport), "certain".to_string(), 1.0)]
+    );
+    let params = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "source-patient-identifier", "valueIdentifier": {"system": "http://benhvien-c.vn/mrn", "value": "F-12"}},
+        {"name": "target-patient", "valueReference": {"reference": format!("Patient/{}", id(&with_passport))}}]});
+    let r = app.post_json("Patient/$merge", &params).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let source = app.get(&format!("Patient/{}", id(&by_mrn))).await.json();
+    assert_eq!(source["link"][0]["type"], "replaced-by");
+    let target = &r.json()["parameter"][2]["resource"];
+    let values: Vec<&str> = target["identifier"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(values, ["C1234567", "C7654321", "F-12"]);
+}
+
 crate::on_both_databases!(
+    merge_by_identifier_and_match_by_passport,
     match_grades_identifiers_and_demographics,
     merge_moves_references_and_is_audited,
     merge_refuses_two_people_and_unknown_records,

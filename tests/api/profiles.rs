@@ -305,7 +305,40 @@ async fn profiles_written_to_the_server_are_in_force_at_once(app: TestApp) {
         .assert_outcome(400);
 }
 
+async fn an_e_prescription_line_claiming_vn_medication_request(app: TestApp) {
+    const VN_RX: &str = "https://yba.vn/fhir/StructureDefinition/vn-medication-request";
+    let mut line = json!({"resourceType": "MedicationRequest", "meta": {"profile": [VN_RX]},
+        "status": "active", "intent": "proposal", "subject": {"reference": "Patient/x"},
+        "medicationCodeableConcept": {"text": "Amoxicillin 500 mg"}});
+    let o = app
+        .post_json("MedicationRequest", &line)
+        .await
+        .assert_outcome(400);
+    assert_eq!(
+        issues(&o),
+        [
+            t("error", "required", "MedicationRequest.groupIdentifier"),
+            t("error", "value", "MedicationRequest.intent"),
+            t("error", "required", "MedicationRequest.authoredOn"),
+            t("error", "required", "MedicationRequest.requester"),
+            t("error", "required", "MedicationRequest.dosageInstruction"),
+            t("error", "required", "MedicationRequest.dispenseRequest"),
+        ],
+        "{o}"
+    );
+    line["intent"] = json!("order");
+    line["groupIdentifier"] =
+        json!({"system": "https://yba.vn/fhir/sid/prescription-code", "value": "01001ABC1234-c"});
+    line["authoredOn"] = json!("2026-11-24T08:00:00+07:00");
+    line["requester"] = json!({"reference": "Practitioner/bs"});
+    line["dosageInstruction"] = json!([{"text": "1 viên x 3 lần/ngày, 5 ngày"}]);
+    line["dispenseRequest"] = json!({"quantity": {"value": 15, "unit": "viên"}});
+    let r = app.post_json("MedicationRequest", &line).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+}
+
 crate::on_both_databases!(
+    an_e_prescription_line_claiming_vn_medication_request,
     vn_patient_is_compulsory_with_exact_issues,
     claimed_profiles_bind_and_unknown_ones_are_ignored,
     validate_reports_every_issue_with_status_200,
