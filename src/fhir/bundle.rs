@@ -379,18 +379,21 @@ fn plan(
     // Every lock the plan takes is taken first, in key order: two transactions that test the
     // same conditions (or claim the same citizens) in different orders would otherwise deadlock.
     let mut keys = Vec::new();
+    // The index rows of conditionally created Patients, for their citizen IDs.
+    let mut patients: HashMap<usize, crate::store::IndexRows> = HashMap::new();
     for e in entries.iter() {
         let ty = e.target.ty();
         match (&e.verb, &e.if_none_exist, &e.target) {
             (Verb::Post, Some(c), _) => {
                 keys.push(c.lock_key(ty));
-                if let Some(r) = e.resource.as_ref() {
+                if let (true, Some(r)) = (ty == "Patient", e.resource.as_ref()) {
                     let rows = super::search::extract::index_rows(ty, r);
                     keys.extend(
                         identity::claims(ty, &rows)
                             .into_iter()
                             .map(identity::lock_key),
                     );
+                    patients.insert(e.index, rows);
                 }
             }
             (Verb::Put | Verb::Patch, _, Target::Query(_, q)) => {
@@ -412,16 +415,13 @@ fn plan(
         if let Some(c) = &e.if_none_exist {
             // The resource that meets the condition or, one citizen one record, the record the
             // person already has.
-            let resource = e.resource.as_ref();
+            let rows = patients.get(&e.index);
             let Some(found) = look
                 .need(|s| match conditional_match(s, ty, c)? {
                     Some(m) => Ok(Some(m)),
-                    None => match (ty, resource) {
-                        ("Patient", Some(r)) => {
-                            let rows = super::search::extract::index_rows(ty, r);
-                            citizen_holder(s, ty, "", "", &rows)
-                        }
-                        _ => Ok(None),
+                    None => match rows {
+                        Some(rows) => citizen_holder(s, ty, rows),
+                        None => Ok(None),
                     },
                 })
                 .map_err(|err| entry_error(e.index, err))?
@@ -587,8 +587,8 @@ fn run_transaction(
             id: &c.id,
             rows: &c.tokens,
             body: &c.body,
-            location: at(c.index, ".resource"),
-            prior: &[],
+            entry: Some(c.index),
+            settled: &[],
         })
         .collect();
     if let Some(h) = identity::holders(s, &claims)? {

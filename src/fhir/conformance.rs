@@ -85,7 +85,7 @@ impl Conformance {
         if ty == "Patient" {
             issues.extend(vn_rules::agreement(obj, at, self.rules.lenient_citizen_id));
         }
-        let registry = self.registry.read().unwrap_or_else(|e| e.into_inner());
+        let registry = self.registry();
         let mut profiles: Vec<&str> = Vec::new();
         for p in value
             .pointer("/meta/profile")

@@ -21,18 +21,35 @@ use crate::store::{IndexRows, Session, fnv1a};
 
 /// The citizen IDs a version of `ty` claims: those of an active Patient, from its index rows.
 pub fn claims<'r>(ty: &str, rows: &'r IndexRows) -> Vec<&'r str> {
-    if ty != "Patient"
-        || rows
-            .tokens
-            .iter()
-            .any(|t| t.param == "active" && t.code == "false")
-    {
+    if ty != "Patient" {
         return Vec::new();
     }
-    rows.tokens
-        .iter()
-        .filter(|t| t.param == "identifier" && t.system == CITIZEN_ID)
-        .map(|t| t.code.as_str())
+    claimed(
+        rows.tokens
+            .iter()
+            .filter(|t| t.param == "active" || t.system == CITIZEN_ID)
+            .map(|t| (t.param, t.code.as_str())),
+    )
+}
+
+/// What a Patient's previous version claimed, from its `(param, code)` token rows as
+/// `Session::retire_returning` gives them.
+pub fn prior_claims(rows: Vec<(String, String)>) -> Vec<String> {
+    claimed(rows.iter().map(|(p, c)| (p.as_str(), c.as_str())))
+        .into_iter()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The rule of both: the `identifier` codes of a Patient (given `(param, code)` of its `active`
+/// tokens and its citizen-ID `identifier` tokens), none if it is inactive.
+fn claimed<'r>(pairs: impl Iterator<Item = (&'r str, &'r str)> + Clone) -> Vec<&'r str> {
+    if pairs.clone().any(|(p, c)| p == "active" && c == "false") {
+        return Vec::new();
+    }
+    pairs
+        .filter(|(p, _)| *p == "identifier")
+        .map(|(_, c)| c)
         .collect()
 }
 
@@ -43,23 +60,12 @@ pub(crate) struct Claim<'a> {
     pub rows: &'a IndexRows,
     /// The stored JSON, to point at the identifier in an error.
     pub body: &'a str,
-    /// Where the resource is, for error locations (`Patient`, `Bundle.entry[2].resource`).
-    pub location: String,
-    /// The citizen IDs the resource's previous version already held (see [`prior_claims`]):
-    /// an update that keeps them claims nothing new, and is not checked again.
-    pub prior: &'a [String],
-}
-
-/// What a Patient's previous version claimed, from its `(param, code)` token rows as
-/// `Session::retire_returning` gives them.
-pub fn prior_claims(rows: Vec<(String, String)>) -> Vec<String> {
-    if rows.iter().any(|(p, c)| p == "active" && c == "false") {
-        return Vec::new();
-    }
-    rows.into_iter()
-        .filter(|(p, _)| p == "identifier")
-        .map(|(_, c)| c)
-        .collect()
+    /// The transaction entry it comes from, if any (for the error's location).
+    pub entry: Option<usize>,
+    /// Citizen IDs already known to be this resource's to claim, not looked up again: its
+    /// previous version's (see [`prior_claims`]; an update that keeps them claims nothing new),
+    /// or those just checked under their lock by a conditional create.
+    pub settled: &'a [String],
 }
 
 /// A citizen ID held by another active Patient.
@@ -74,20 +80,22 @@ pub(crate) struct Held {
 /// Locks the citizen IDs the claims make and returns the first that another active Patient
 /// holds, or that two of the claims make for different resources.
 pub(crate) fn holders(s: &mut Session<'_>, claims_: &[Claim<'_>]) -> Result<Option<Held>> {
-    let wanted = wanted(claims_);
-    if wanted.is_empty() {
-        return Ok(None);
-    }
-    let mut keys: Vec<i64> = wanted.iter().map(|(_, v)| lock_key(v)).collect();
-    s.lock_keys(&mut keys)?;
-    find_holders(s, claims_, &wanted)
+    look_up(s, claims_, true)
 }
 
 /// As [`holders`], without locking: for a read-only look (`$validate` with `mode=create`).
 pub(crate) fn holders_unlocked(s: &mut Session<'_>, claims_: &[Claim<'_>]) -> Result<Option<Held>> {
+    look_up(s, claims_, false)
+}
+
+fn look_up(s: &mut Session<'_>, claims_: &[Claim<'_>], lock: bool) -> Result<Option<Held>> {
     let wanted = wanted(claims_);
     if wanted.is_empty() {
         return Ok(None);
+    }
+    if lock {
+        let mut keys: Vec<i64> = wanted.iter().map(|(_, v)| lock_key(v)).collect();
+        s.lock_keys(&mut keys)?;
     }
     find_holders(s, claims_, &wanted)
 }
@@ -97,7 +105,7 @@ fn wanted<'c>(claims_: &'c [Claim<'_>]) -> Vec<(usize, &'c str)> {
     let mut out = Vec::new();
     for (i, c) in claims_.iter().enumerate() {
         for cccd in claims(c.ty, c.rows) {
-            if !c.prior.iter().any(|p| p == cccd) {
+            if !c.settled.iter().any(|p| p == cccd) {
                 out.push((i, cccd));
             }
         }
@@ -159,9 +167,13 @@ pub(crate) fn duplicate(c: &Claim<'_>, h: &Held) -> Error {
             })
         })
         .map_or_else(
-            || format!("{}.identifier", c.location),
-            |i| format!("{}.identifier[{i}]", c.location),
+            || ".identifier".to_string(),
+            |i| format!(".identifier[{i}]"),
         );
+    let at = match c.entry {
+        Some(e) => format!("Bundle.entry[{e}].resource{at}"),
+        None => format!("{}{at}", c.ty),
+    };
     Error::Duplicate(vec![
         Issue::error(
             "duplicate",

@@ -146,6 +146,7 @@ impl Fhir {
         let written: Written = self
             .store
             .write(move |s| -> Result<Written> {
+                let mut settled = Vec::new();
                 if let Some(c) = &condition {
                     if let Some(existing) = conditional_match(s, ty, c)? {
                         return Ok(Written {
@@ -155,14 +156,19 @@ impl Fhir {
                     }
                     // One citizen, one record: a conditional create of a person who already
                     // has a record is given that record.
-                    if let Some(existing) = citizen_holder(s, ty, &id, &body, &tokens)? {
+                    if let Some(existing) = citizen_holder(s, ty, &tokens)? {
                         return Ok(Written {
                             stored: existing,
                             created: false,
                         });
                     }
+                    // Checked just now, under their locks: the insert need not look again.
+                    settled = identity::claims(ty, &tokens)
+                        .into_iter()
+                        .map(str::to_string)
+                        .collect();
                 }
-                let stored = insert(s, ty, id, 1, Method::Create, now, body, tokens, &[])?;
+                let stored = insert(s, ty, id, 1, Method::Create, now, body, tokens, &settled)?;
                 Ok(Written {
                     stored,
                     created: true,
@@ -444,7 +450,7 @@ pub(crate) fn insert(
     now: i64,
     body: String,
     tokens: IndexRows,
-    prior: &[String],
+    settled: &[String],
 ) -> Result<Stored> {
     let row = NewVersion {
         res_type: ty,
@@ -464,8 +470,8 @@ pub(crate) fn insert(
             id: &id,
             rows: &tokens,
             body: &body,
-            location: ty.to_string(),
-            prior,
+            entry: None,
+            settled,
         }],
     )?;
     s.insert(&[(row, tokens)])?;
@@ -501,22 +507,20 @@ pub(crate) fn conditional_match(
     }
 }
 
-/// The live active Patient that already holds a citizen ID the version `body` (of `ty`, `id`)
-/// claims, if any (see [`identity`]).
+/// The live active Patient that already holds a citizen ID a new resource of `ty` with index
+/// rows `rows` claims, if any (see [`identity`]); the citizen IDs are locked.
 pub(crate) fn citizen_holder(
     s: &mut Session<'_>,
     ty: &str,
-    id: &str,
-    body: &str,
     rows: &IndexRows,
 ) -> Result<Option<Stored>> {
     let claim = identity::Claim {
         ty,
-        id,
+        id: "",
         rows,
-        body,
-        location: ty.to_string(),
-        prior: &[],
+        body: "",
+        entry: None,
+        settled: &[],
     };
     match identity::holders(s, &[claim])? {
         Some(h) => Ok(s.current(ty, &h.holder)?.map(Stored::from)),
@@ -565,7 +569,7 @@ pub(crate) fn update_in(
             let (body, tokens) =
                 prepare(value, ty, id, version, now.max(c.last_updated), location)?;
             // What the Patient already claimed is not claimed anew (one citizen, one record).
-            let prior = if ty == "Patient" && !c.deleted {
+            let settled = if ty == "Patient" && !c.deleted {
                 identity::prior_claims(s.retire_returning(c.pk, CITIZEN_ID)?)
             } else {
                 s.retire(c.pk)?;
@@ -580,7 +584,7 @@ pub(crate) fn update_in(
                 now.max(c.last_updated),
                 body,
                 tokens,
-                &prior,
+                &settled,
             )?;
             Ok(Written {
                 stored,

@@ -148,13 +148,16 @@ fn score(input: &Value, candidate: &Value) -> Option<(f64, Grade)> {
     if same_name {
         score += 0.4;
     }
-    let field = |p: &Value, k: &str| p.get(k).and_then(Value::as_str).map(str::to_string);
-    let same_birth = field(input, "birthDate").is_some()
-        && field(input, "birthDate") == field(candidate, "birthDate");
+    // The same value of a string element in both, the input having one.
+    let same = |k: &str| {
+        let v = input.get(k).and_then(Value::as_str);
+        v.is_some() && v == candidate.get(k).and_then(Value::as_str)
+    };
+    let same_birth = same("birthDate");
     if same_birth {
         score += 0.3;
     }
-    if field(input, "gender").is_some() && field(input, "gender") == field(candidate, "gender") {
+    if same("gender") {
         score += 0.1;
     }
     let (a, b) = (address_words(input), address_words(candidate));
@@ -175,7 +178,7 @@ fn score(input: &Value, candidate: &Value) -> Option<(f64, Grade)> {
     Some((score, grade))
 }
 
-fn search_ids(s: &mut Session<'_>, pairs: &[(&str, &str)], limit: i64) -> Result<Vec<Stored>> {
+fn search_patients(s: &mut Session<'_>, pairs: &[(&str, &str)], limit: i64) -> Result<Vec<Stored>> {
     let mut filters = Vec::with_capacity(pairs.len());
     for (name, value) in pairs {
         filters.push(criterion("Patient", name, value)?);
@@ -222,13 +225,13 @@ impl Fhir {
                 let mut found: Vec<Stored> = Vec::new();
                 for (system, value) in identifiers(&input).filter(|(s, _)| PERSONAL.contains(s)) {
                     let token = format!("{system}|{value}");
-                    found.extend(search_ids(s, &[("identifier", &token)], 20)?);
+                    found.extend(search_patients(s, &[("identifier", &token)], 20)?);
                 }
                 if let (Some((family, _)), Some(birth)) = (
                     name_of(&input),
                     input.get("birthDate").and_then(Value::as_str),
                 ) {
-                    found.extend(search_ids(
+                    found.extend(search_patients(
                         s,
                         &[("family", family.as_str()), ("birthdate", birth)],
                         200,
@@ -277,8 +280,8 @@ impl Fhir {
                     id: "",
                     rows: &rows,
                     body: &body,
-                    location: ty.to_string(),
-                    prior: &[],
+                    entry: None,
+                    settled: &[],
                 }];
                 Ok(match identity::holders_unlocked(s, &claim)? {
                     Some(h) => match identity::duplicate(&claim[0], &h) {

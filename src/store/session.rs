@@ -10,6 +10,20 @@ use super::schema::{
 };
 use super::{Backend, Db, StoreError};
 
+/// PostgreSQL CTEs deleting a version's rows (`$1` its key) from the index tables other than
+/// `ix_token`, which each caller deletes in its own way.
+macro_rules! drop_other_index_rows {
+    () => {
+        "b AS (DELETE FROM ix_string WHERE resource_pk = $1), \
+         c AS (DELETE FROM ix_reference WHERE resource_pk = $1), \
+         d AS (DELETE FROM ix_date WHERE resource_pk = $1), \
+         e AS (DELETE FROM ix_number WHERE resource_pk = $1), \
+         f AS (DELETE FROM ix_quantity WHERE resource_pk = $1), \
+         g AS (DELETE FROM ix_uri WHERE resource_pk = $1), \
+         h AS (DELETE FROM ix_composite WHERE resource_pk = $1)"
+    };
+}
+
 /// The first row of a point query. SQLite re-prepares a statement whose `LIMIT` is a bound value
 /// on every run (measured: the parser was a third of a read's time), so there the query has no
 /// `LIMIT` and one row is read from the iterator; PostgreSQL gets `LIMIT 1`, since libpq would
@@ -380,12 +394,7 @@ impl<'c> Session<'c> {
     /// Ends a version's time as the current one and drops its index rows. Fails with
     /// `Conflict` when another transaction retired it first (optimistic locking).
     pub fn retire(&mut self, pk: i64) -> Result<()> {
-        let n = diesel::update(rv::table.filter(rv::pk.eq(pk)).filter(rv::is_current))
-            .set(rv::is_current.eq(false))
-            .execute(self.db)?;
-        if n != 1 {
-            return Err(StoreError::Conflict);
-        }
+        self.end_current(pk)?;
         self.drop_index_rows(pk)
     }
 
@@ -393,12 +402,7 @@ impl<'c> Session<'c> {
     /// `active` tokens as `(param, code)`: what a Patient claimed before this write (see
     /// `fhir::identity`). On PostgreSQL still one round trip, the deletion returning them.
     pub fn retire_returning(&mut self, pk: i64, system: &str) -> Result<Vec<(String, String)>> {
-        let n = diesel::update(rv::table.filter(rv::pk.eq(pk)).filter(rv::is_current))
-            .set(rv::is_current.eq(false))
-            .execute(self.db)?;
-        if n != 1 {
-            return Err(StoreError::Conflict);
-        }
+        self.end_current(pk)?;
         match self.db {
             Db::Postgres(c) => {
                 #[derive(diesel::QueryableByName)]
@@ -408,18 +412,12 @@ impl<'c> Session<'c> {
                     #[diesel(sql_type = diesel::sql_types::Text)]
                     code: String,
                 }
-                let rows: Vec<Row> = diesel::sql_query(
-                    "WITH a AS (DELETE FROM ix_token WHERE resource_pk = $1 RETURNING param, system, code), \
-                     b AS (DELETE FROM ix_string WHERE resource_pk = $1), \
-                     c AS (DELETE FROM ix_reference WHERE resource_pk = $1), \
-                     d AS (DELETE FROM ix_date WHERE resource_pk = $1), \
-                     e AS (DELETE FROM ix_number WHERE resource_pk = $1), \
-                     f AS (DELETE FROM ix_quantity WHERE resource_pk = $1), \
-                     g AS (DELETE FROM ix_uri WHERE resource_pk = $1), \
-                     h AS (DELETE FROM ix_composite WHERE resource_pk = $1) \
-                     SELECT param, code FROM a \
-                     WHERE (param = 'identifier' AND system = $2) OR param = 'active'",
-                )
+                let rows: Vec<Row> = diesel::sql_query(concat!(
+                    "WITH a AS (DELETE FROM ix_token WHERE resource_pk = $1 RETURNING param, system, code), ",
+                    drop_other_index_rows!(),
+                    " SELECT param, code FROM a \
+                     WHERE (param = 'identifier' AND system = $2) OR param = 'active'"
+                ))
                 .bind::<BigInt, _>(pk)
                 .bind::<diesel::sql_types::Text, _>(system)
                 .load(c)?;
@@ -442,21 +440,27 @@ impl<'c> Session<'c> {
         }
     }
 
+    /// Marks a version no longer current; `Conflict` if it was not current any more.
+    fn end_current(&mut self, pk: i64) -> Result<()> {
+        let n = diesel::update(rv::table.filter(rv::pk.eq(pk)).filter(rv::is_current))
+            .set(rv::is_current.eq(false))
+            .execute(self.db)?;
+        if n != 1 {
+            return Err(StoreError::Conflict);
+        }
+        Ok(())
+    }
+
     /// Deletes the index rows of a version.
     pub fn drop_index_rows(&mut self, pk: i64) -> Result<()> {
         match self.db {
             // One round trip for the eight tables.
             Db::Postgres(c) => {
-                diesel::sql_query(
-                    "WITH a AS (DELETE FROM ix_token WHERE resource_pk = $1), \
-                     b AS (DELETE FROM ix_string WHERE resource_pk = $1), \
-                     c AS (DELETE FROM ix_reference WHERE resource_pk = $1), \
-                     d AS (DELETE FROM ix_date WHERE resource_pk = $1), \
-                     e AS (DELETE FROM ix_number WHERE resource_pk = $1), \
-                     f AS (DELETE FROM ix_quantity WHERE resource_pk = $1), \
-                     g AS (DELETE FROM ix_uri WHERE resource_pk = $1) \
-                     DELETE FROM ix_composite WHERE resource_pk = $1",
-                )
+                diesel::sql_query(concat!(
+                    "WITH a AS (DELETE FROM ix_token WHERE resource_pk = $1), ",
+                    drop_other_index_rows!(),
+                    " SELECT 1"
+                ))
                 .bind::<BigInt, _>(pk)
                 .execute(c)?;
             }
