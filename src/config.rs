@@ -57,6 +57,33 @@ pub struct Config {
     #[arg(long, env = "YBA_LENIENT_CITIZEN_ID", default_value_t = false)]
     pub lenient_citizen_id: bool,
 
+    /// `off` turns sign-in, scopes, the access policy and the audit trail off: for local
+    /// development only, never with real records.
+    #[arg(long, env = "YBA_AUTH", default_value = "on", value_parser = parse_on_off)]
+    pub auth: bool,
+
+    /// Keys that sign access tokens, `kid:base64-secret` (at least 32 bytes) separated by commas;
+    /// the first signs, the others still verify (rotation). Unset: a key made up at start, so
+    /// tokens end with the process.
+    #[arg(long = "token-keys", env = "YBA_TOKEN_KEYS", hide_env_values = true)]
+    pub token_keys: Option<Secret>,
+
+    /// Lifetime of an access token, in seconds.
+    #[arg(long, env = "YBA_ACCESS_TOKEN_TTL", default_value_t = 300)]
+    pub access_token_ttl: u64,
+
+    /// Lifetime of a person's sign-in (their refresh tokens), in seconds.
+    #[arg(long, env = "YBA_SESSION_TTL", default_value_t = 8 * 3600)]
+    pub session_ttl: u64,
+
+    /// Browser origins allowed to call the API (CORS), separated by commas; none by default.
+    #[arg(long, env = "YBA_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Take the caller's address from `X-Forwarded-For` (behind a TLS-terminating proxy you run).
+    #[arg(long, env = "YBA_TRUST_FORWARDED", default_value_t = false)]
+    pub trust_forwarded: bool,
+
     /// Log one line per request (method, route, status, time; never query strings or bodies).
     #[arg(long, env = "YBA_ACCESS_LOG", default_value_t = false)]
     pub access_log: bool,
@@ -78,6 +105,12 @@ impl Config {
             access_log: false,
             always_profile: AlwaysProfile(crate::fhir::conformance::Rules::default().always),
             lenient_citizen_id: false,
+            auth: true,
+            token_keys: None,
+            access_token_ttl: 300,
+            session_ttl: 8 * 3600,
+            cors_origins: Vec::new(),
+            trust_forwarded: false,
         }
     }
 
@@ -152,4 +185,30 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         .ok()
         .and_then(|n| n.checked_mul(mult))
         .ok_or_else(|| format!("'{s}' is not a size like 16M"))
+}
+
+/// `on`/`off` (also `true`/`false`, `1`/`0`).
+pub fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        other => Err(format!("'{other}' is neither on nor off")),
+    }
+}
+
+/// A secret setting: never printed.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
 }

@@ -25,6 +25,12 @@ pub enum Error {
     /// A precondition (`If-Match`, a conditional match count) failed (412).
     #[error("{0}")]
     PreconditionFailed(String),
+    /// The access policy or the token's scopes do not allow it (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// No valid access token (401).
+    #[error("{0}")]
+    Unauthorized(String),
     /// A valid request the server does not implement (501).
     #[error("{0}")]
     NotImplemented(String),
@@ -64,6 +70,8 @@ impl Error {
             Error::Conflict(_) | Error::Duplicate(_) => 409,
             Error::PreconditionFailed(_) => 412,
             Error::NotImplemented(_) => 501,
+            Error::Forbidden(_) => 403,
+            Error::Unauthorized(_) => 401,
             Error::Entry { source, .. } => source.status(),
             Error::Store(StoreError::Conflict) => 409,
             Error::Store(StoreError::Unavailable(_)) => 503,
@@ -82,6 +90,8 @@ impl Error {
             Error::Conflict(m) => vec![Issue::error("conflict", m.clone())],
             Error::PreconditionFailed(m) => vec![Issue::error("conflict", m.clone())],
             Error::NotImplemented(m) => vec![Issue::error("not-supported", m.clone())],
+            Error::Forbidden(m) => vec![Issue::error("forbidden", m.clone())],
+            Error::Unauthorized(m) => vec![Issue::error("login", m.clone())],
             Error::Entry { index, source } => source
                 .issues()
                 .into_iter()

@@ -24,6 +24,81 @@ enum Command {
     /// Rebuild the search index from the stored resources (after search parameter
     /// definitions change), with a progress bar.
     Reindex(Config),
+    /// Accounts of people: `create`, `reset-password`, `disable`, `enable`. Passwords are read
+    /// from the environment variable YBA_PASSWORD or, without it, from the first line of stdin.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
+    },
+    /// OAuth clients of hospital systems.
+    Client {
+        #[command(subcommand)]
+        action: ClientAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Adds an account.
+    Create {
+        /// A patient's citizen ID (CCCD), or a staff username.
+        #[arg(long)]
+        username: String,
+        /// patient, practitioner, pharmacist or admin.
+        #[arg(long)]
+        role: String,
+        /// The person's FHIR resource: Patient/…, Practitioner/… or PractitionerRole/….
+        #[arg(long)]
+        fhir_user: Option<String>,
+        /// The organization a practitioner or pharmacist works for: Organization/….
+        #[arg(long)]
+        organization: Option<String>,
+        #[command(flatten)]
+        config: Config,
+    },
+    /// Sets a new password and ends the account's sessions.
+    ResetPassword {
+        #[arg(long)]
+        username: String,
+        #[command(flatten)]
+        config: Config,
+    },
+    /// Disables an account and ends its sessions at once.
+    Disable {
+        #[arg(long)]
+        username: String,
+        #[command(flatten)]
+        config: Config,
+    },
+    /// Enables a disabled account.
+    Enable {
+        #[arg(long)]
+        username: String,
+        #[command(flatten)]
+        config: Config,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientAction {
+    /// Registers a hospital system; prints a generated secret once (only its hash is kept).
+    Create {
+        #[arg(long)]
+        client_id: String,
+        #[arg(long)]
+        name: String,
+        /// The organization the system acts for: Organization/….
+        #[arg(long)]
+        organization: String,
+        /// The most it may be granted, e.g. `system/*.cruds` or `system/Observation.cr`.
+        #[arg(long, default_value = "system/*.cruds")]
+        scopes: String,
+        /// A PEM public key (RSA or P-384) for private_key_jwt, instead of a secret.
+        #[arg(long)]
+        public_key_file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        config: Config,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,6 +110,8 @@ fn main() -> std::process::ExitCode {
             .map(|b| tracing::info!(database = b.name(), "migrations are up to date"))
             .map_err(|e| e.to_string()),
         Command::Reindex(config) => reindex(config),
+        Command::User { action } => user(action),
+        Command::Client { action } => client(action),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -74,7 +151,12 @@ fn serve(config: Config) -> Result<(), String> {
             Err(e) => tracing::warn!("cannot check the search index: {e}"),
         }
         tracing::info!(addr = %running.addr, database = running.store.backend().name(), "yba serves FHIR R4 at http://{}/fhir", running.addr);
+        let audit_writer = running.audit_writer;
         running.server.await.map_err(|e| e.to_string())?;
+        // The audit writer stops once the server's handles are gone, after writing what is queued.
+        if let Some(w) = audit_writer {
+            let _ = tokio::task::spawn_blocking(move || w.join()).await;
+        }
         tracing::info!("stopped");
         Ok(())
     })
@@ -108,4 +190,112 @@ fn reindex(config: Config) -> Result<(), String> {
         tracing::info!(resources = done, "search index rebuilt");
         Ok(())
     })
+}
+
+fn password_input() -> Result<String, String> {
+    if let Ok(p) = std::env::var("YBA_PASSWORD") {
+        return Ok(p);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+fn with_store<F, Fut>(config: &Config, f: F) -> Result<(), String>
+where
+    F: FnOnce(yba::store::Store) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let store = yba::store::Store::open(&config.store()).map_err(|e| e.to_string())?;
+    actix_web::rt::System::new().block_on(f(store))
+}
+
+fn user(action: UserAction) -> Result<(), String> {
+    use yba::auth::service;
+    match action {
+        UserAction::Create {
+            username,
+            role,
+            fhir_user,
+            organization,
+            config,
+        } => {
+            let role = yba::auth::Role::parse(&role).ok_or_else(|| {
+                format!("'{role}' is not a role: patient, practitioner, pharmacist or admin")
+            })?;
+            let pw = password_input()?;
+            with_store(&config, |store| async move {
+                let u = service::NewUser {
+                    username,
+                    role,
+                    fhir_user,
+                    organization,
+                };
+                service::create_user(&store, u, &pw).await?;
+                println!("user created");
+                Ok(())
+            })
+        }
+        UserAction::ResetPassword { username, config } => {
+            let pw = password_input()?;
+            with_store(&config, |store| async move {
+                service::reset_password(&store, &username, &pw).await?;
+                println!("password set; the account's sessions are ended");
+                Ok(())
+            })
+        }
+        UserAction::Disable { username, config } => with_store(&config, |store| async move {
+            service::set_user_disabled(&store, &username, true).await?;
+            println!("account disabled; its sessions are ended");
+            Ok(())
+        }),
+        UserAction::Enable { username, config } => with_store(&config, |store| async move {
+            service::set_user_disabled(&store, &username, false).await?;
+            println!("account enabled");
+            Ok(())
+        }),
+    }
+}
+
+fn client(action: ClientAction) -> Result<(), String> {
+    use yba::auth::service;
+    match action {
+        ClientAction::Create {
+            client_id,
+            name,
+            organization,
+            scopes,
+            public_key_file,
+            config,
+        } => {
+            let public_key = match public_key_file {
+                Some(p) => Some(
+                    std::fs::read_to_string(&p)
+                        .map_err(|e| format!("cannot read {}: {e}", p.display()))?,
+                ),
+                None => None,
+            };
+            let secret = public_key.is_none().then(yba::auth::token::random_token);
+            with_store(&config, |store| async move {
+                let c = service::NewClient {
+                    client_id,
+                    name,
+                    organization,
+                    scopes,
+                    secret: secret.clone(),
+                    public_key,
+                };
+                service::create_client(&store, c).await?;
+                match secret {
+                    Some(s) => {
+                        println!("client created; its secret (shown once, keep it safe):\n{s}")
+                    }
+                    None => println!("client created (private_key_jwt with the given public key)"),
+                }
+                Ok(())
+            })
+        }
+    }
 }

@@ -6,8 +6,10 @@
 //! - `ops`: `/healthz`, `/readyz`, `/metrics`.
 //! - `error`: errors as OperationOutcome responses.
 
+pub mod access;
 pub mod error;
 pub mod negotiate;
+pub mod oauth;
 pub mod operations;
 pub mod ops;
 pub mod rest;
@@ -94,6 +96,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub max_body: usize,
     pub base_url: Option<Arc<str>>,
+    /// Sign-in, tokens and the audit trail; `None` when the server runs with `YBA_AUTH=off`.
+    pub auth: Option<access::AuthState>,
 }
 
 impl AppState {
@@ -110,9 +114,51 @@ impl AppState {
         Fut: Future<Output = Result<HttpResponse, ApiError>>,
     {
         let mut resp = match Ctx::new(req, self.base_url.as_ref()) {
-            Ok(ctx) => match handler(ctx).await {
-                Ok(r) => r,
-                Err(e) => actix_web::ResponseError::error_response(&e),
+            Ok(mut ctx) => match &self.auth {
+                // The capability statement is public (SMART clients read it before signing in).
+                Some(auth) if interaction != Interaction::Capabilities => {
+                    match auth.guard(req, &ctx).await {
+                        Ok(guard) => {
+                            ctx.guard = Some(guard.clone());
+                            let (r, detail) = match handler(ctx).await {
+                                Ok(r) => (r, None),
+                                Err(e) => {
+                                    let detail = e.issues.first().map(|i| i.diagnostics.clone());
+                                    (actix_web::ResponseError::error_response(&e), detail)
+                                }
+                            };
+                            auth.record(
+                                req,
+                                interaction,
+                                Some(&guard),
+                                r.status().as_u16(),
+                                detail,
+                            );
+                            r
+                        }
+                        Err(e) => {
+                            auth.record(
+                                req,
+                                interaction,
+                                None,
+                                401,
+                                e.issues.first().map(|i| i.diagnostics.clone()),
+                            );
+                            let mut r = actix_web::ResponseError::error_response(&e);
+                            r.headers_mut().insert(
+                                actix_web::http::header::WWW_AUTHENTICATE,
+                                actix_web::http::header::HeaderValue::from_static(
+                                    "Bearer realm=\"yba\", error=\"invalid_token\"",
+                                ),
+                            );
+                            r
+                        }
+                    }
+                }
+                _ => match handler(ctx).await {
+                    Ok(r) => r,
+                    Err(e) => actix_web::ResponseError::error_response(&e),
+                },
             },
             Err(e) => actix_web::ResponseError::error_response(&e),
         };
@@ -157,10 +203,20 @@ struct AccessLog(bool);
 pub fn routes(cfg: &mut web::ServiceConfig) {
     use web::{delete, get, head, patch, post, put, resource};
     cfg.service(resource("/healthz").route(get().to(ops::healthz)))
+        .service(resource("/auth/token").route(post().to(oauth::token)))
+        .service(resource("/auth/revoke").route(post().to(oauth::revoke)))
+        .service(
+            resource("/.well-known/smart-configuration")
+                .route(get().to(oauth::smart_configuration)),
+        )
         .service(resource("/readyz").route(get().to(ops::readyz)))
         .service(resource("/metrics").route(get().to(ops::metrics)))
         .service(
             web::scope("/fhir")
+                .service(
+                    resource("/.well-known/smart-configuration")
+                        .route(get().to(oauth::smart_configuration)),
+                )
                 .service(
                     resource("/metadata")
                         .route(get().to(system::metadata))
@@ -295,6 +351,8 @@ pub struct Running {
     pub store: Store,
     /// The record store the server answers from (for start-up work such as `load_stored`).
     pub fhir: Fhir,
+    /// The audit writer: join it after the server stops, so that queued events are written.
+    pub audit_writer: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Opens the store (running migrations) and binds the server; the returned `Server` future
@@ -302,20 +360,89 @@ pub struct Running {
 pub fn start(config: &Config) -> Result<Running, StartError> {
     let store = Store::open(&config.store())?;
     let fhir = Fhir::new(store.clone(), config.rules());
+    let (auth, audit_writer) = if config.auth {
+        let keys =
+            crate::auth::token::Keys::parse(config.token_keys.as_ref().map(|k| k.0.as_str()))
+                .map_err(StartError::Config)?;
+        if keys.ephemeral {
+            tracing::warn!(
+                "YBA_TOKEN_KEYS is not set: access tokens are signed with a key made up now and end when the server stops"
+            );
+        }
+        let (audit, writer) = crate::auth::audit::Audit::start(store.clone())
+            .map_err(|e| StartError::Config(format!("cannot start the audit writer: {e}")))?;
+        let tokens = crate::auth::service::Tokens {
+            store: store.clone(),
+            keys,
+            throttle: Default::default(),
+            access_ttl: Duration::from_secs(config.access_token_ttl.max(1)),
+            session_ttl: Duration::from_secs(
+                config.session_ttl.max(config.access_token_ttl).max(1),
+            ),
+        };
+        (
+            Some(access::AuthState {
+                tokens,
+                audit,
+                trust_forwarded: config.trust_forwarded,
+            }),
+            Some(writer),
+        )
+    } else {
+        tracing::warn!(
+            "YBA_AUTH=off: every record is open to every caller; never run so with real records"
+        );
+        (None, None)
+    };
     let state = web::Data::new(AppState {
         fhir: fhir.clone(),
         metrics: Arc::new(Metrics::new(&Interaction::ALL.map(Interaction::name))),
         max_body: config.max_body,
         base_url: config.base_url.as_deref().map(Arc::from),
+        auth,
     });
     let access_log = web::Data::new(AccessLog(config.access_log));
+    let cors_origins = config.cors_origins.clone();
     let mut server = HttpServer::new(move || {
+        let mut cors = actix_cors::Cors::default()
+            .allowed_methods(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
+            .allowed_headers([
+                actix_web::http::header::AUTHORIZATION,
+                actix_web::http::header::CONTENT_TYPE,
+                actix_web::http::header::ACCEPT,
+                actix_web::http::header::IF_MATCH,
+                actix_web::http::header::IF_NONE_MATCH,
+                actix_web::http::header::HeaderName::from_static("if-none-exist"),
+                actix_web::http::header::HeaderName::from_static("prefer"),
+                actix_web::http::header::HeaderName::from_static(access::BREAK_GLASS),
+            ])
+            .expose_headers([
+                actix_web::http::header::ETAG,
+                actix_web::http::header::LOCATION,
+                actix_web::http::header::LAST_MODIFIED,
+            ])
+            .max_age(3600);
+        for o in &cors_origins {
+            cors = cors.allowed_origin(o);
+        }
         App::new()
             .app_data(state.clone())
             .app_data(access_log.clone())
             // Bodies are read by handlers with their own limit (413 as an OperationOutcome).
             .app_data(web::PayloadConfig::new(usize::MAX))
             .wrap(actix_web::middleware::from_fn(observe))
+            .wrap(
+                actix_web::middleware::DefaultHeaders::new()
+                    .add(("X-Content-Type-Options", "nosniff"))
+                    .add(("X-Frame-Options", "DENY"))
+                    .add(("Referrer-Policy", "no-referrer"))
+                    .add((
+                        "Content-Security-Policy",
+                        "default-src 'none'; frame-ancestors 'none'",
+                    ))
+                    .add(("Cache-Control", "no-store")),
+            )
+            .wrap(cors)
             .configure(routes)
     })
     .shutdown_timeout(config.shutdown_timeout)
@@ -336,6 +463,7 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         server: server.run(),
         store,
         fhir,
+        audit_writer,
     })
 }
 
@@ -347,4 +475,6 @@ pub enum StartError {
     Bind(SocketAddr, std::io::Error),
     #[error("the server has no address")]
     NoAddress,
+    #[error("{0}")]
+    Config(String),
 }

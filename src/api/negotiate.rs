@@ -24,6 +24,8 @@ pub struct Ctx {
     /// `Prefer: handling=strict`: refuse unknown search parameters and bad values (the
     /// default, `handling=lenient`, ignores them).
     pub strict: bool,
+    /// The access policy for this request's caller; `None` when the server runs without auth.
+    pub guard: Option<std::sync::Arc<crate::auth::policy::Guard>>,
     req: HttpRequest,
     configured_base: Option<std::sync::Arc<str>>,
     base: std::cell::OnceCell<String>,
@@ -61,6 +63,7 @@ impl Ctx {
             pretty,
             prefer,
             strict,
+            guard: None,
             req: req.clone(),
             configured_base: base_url.cloned(),
             base: std::cell::OnceCell::new(),

@@ -159,11 +159,14 @@ async fn validate(
                 (Some(r), _) => r,
                 // The stored resource, validated as it is now.
                 (None, Some(id)) => {
+                    super::access::scope(&ctx, ty, crate::auth::scopes::Perm::Read)?;
                     let stored = state
                         .fhir
                         .read(ty, id.clone())
                         .await
                         .map_err(|e| ctx.error(e))?;
+                    super::access::must_read(state.fhir.store(), &ctx, ty, id, &stored.body)
+                        .await?;
                     serde_json::from_str(&stored.body)
                         .map_err(|e| ctx.error(Error::invalid("exception", e.to_string())))?
                 }
@@ -284,11 +287,26 @@ pub async fn match_patient(
                 .unwrap_or(10)
                 .clamp(1, 100) as usize;
             let only_certain = param_bool(&params, "onlyCertainMatches").unwrap_or(false);
-            let matches = state
+            super::access::scope(&ctx, "Patient", crate::auth::scopes::Perm::Search)?;
+            let mut matches = state
                 .fhir
                 .match_patient(input, count, only_certain)
                 .await
                 .map_err(|e| ctx.error(e))?;
+            if ctx.guard.is_some() {
+                let items = matches
+                    .iter()
+                    .map(|m| ("Patient".to_string(), m.stored.body.clone()))
+                    .collect();
+                let ok = super::access::readable(state.fhir.store(), ctx.guard.as_ref(), items)
+                    .await
+                    .map_err(|e| ctx.error(e))?;
+                let mut i = 0;
+                matches.retain(|_| {
+                    i += 1;
+                    ok[i - 1]
+                });
+            }
             let base = ctx.base();
             let entries: Vec<Value> = matches
                 .iter()
@@ -406,6 +424,20 @@ pub async fn merge(
             let source = patient_param(&state, &params, "source-patient", &ctx).await?;
             let target = patient_param(&state, &params, "target-patient", &ctx).await?;
             let preview = param_bool(&params, "preview").unwrap_or(false);
+            if let Some(g) = ctx.guard.clone() {
+                g.scope("Patient", crate::auth::scopes::Perm::Update).map_err(|e| ctx.error(e))?;
+                let (s1, t1) = (source.clone(), target.clone());
+                state
+                    .fhir
+                    .store()
+                    .read(move |s| {
+                        use crate::fhir::interactions::Gate;
+                        g.before_change(s, "Patient", &s1)?;
+                        g.before_change(s, "Patient", &t1)
+                    })
+                    .await
+                    .map_err(|e: Error| ctx.error(e))?;
+            }
             let merged = state
                 .fhir
                 .merge_patients(source.clone(), target.clone(), preview)

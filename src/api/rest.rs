@@ -7,9 +7,11 @@ use actix_web::http::header::{self, HttpDate};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 
+use super::access::{must_read, readable, scope};
 use super::error::{ApiError, outcome_response};
 use super::negotiate::{Ctx, Return, body_format, etag_header};
 use super::{AppState, Interaction};
+use crate::auth::scopes::Perm;
 use crate::error::Error;
 use crate::fhir::bundle_out::{EntryOut, bundle_json};
 use crate::fhir::condition::Condition;
@@ -157,6 +159,14 @@ fn written_response(w: Written, ctx: &Ctx, what: &str) -> Reply {
     resource_response(status, w.stored, ctx, w.created, what)
 }
 
+/// The record store as the caller may use it: through their access policy when guarded.
+pub fn fhir_for(state: &AppState, ctx: &Ctx) -> crate::fhir::Fhir {
+    match &ctx.guard {
+        Some(g) => state.fhir.gated(g.clone()),
+        None => state.fhir.clone(),
+    }
+}
+
 /// `GET [type]/[id]`, with `If-None-Match` and `If-Modified-Since` (304).
 pub async fn read(
     req: HttpRequest,
@@ -168,8 +178,10 @@ pub async fn read(
             let ctx = ctx;
             let (ty, id) = path.into_inner();
             let ty = resource_type(&ty, &ctx)?;
+            scope(&ctx, ty, Perm::Read)?;
             let if_none_match = etag_header(&req, "if-none-match", ctx.format)?;
             let stored = state.fhir.read(ty, id).await.map_err(|e| ctx.error(e))?;
+            must_read(state.fhir.store(), &ctx, ty, &stored.id, &stored.body).await?;
             if not_modified(&req, &stored, if_none_match) {
                 return Ok(HttpResponse::NotModified()
                     .insert_header((header::ETAG, format!("W/\"{}\"", stored.version)))
@@ -221,11 +233,13 @@ pub async fn vread(
                     ctx.format,
                 )
             })?;
+            scope(&ctx, ty, Perm::Read)?;
             let stored = state
                 .fhir
                 .vread(ty, id, version)
                 .await
                 .map_err(|e| ctx.error(e))?;
+            must_read(state.fhir.store(), &ctx, ty, &stored.id, &stored.body).await?;
             // Prefer: return= concerns writes; a read always returns the resource.
             let mut ctx = ctx;
             ctx.prefer = None;
@@ -245,6 +259,7 @@ pub async fn create(
         .reply(&req, Interaction::Create, |ctx| async {
             let ctx = ctx;
             let ty = resource_type(&path, &ctx)?;
+            scope(&ctx, ty, Perm::Create)?;
             let condition = match req
                 .headers()
                 .get("if-none-exist")
@@ -262,8 +277,7 @@ pub async fn create(
             };
             let body = read_body(&req, payload, state.max_body, &ctx).await?;
             let value = parse_body(&req, &body, ty, &ctx)?;
-            let w = state
-                .fhir
+            let w = fhir_for(&state, &ctx)
                 .create(ty, value, condition)
                 .await
                 .map_err(|e| ctx.error(e))?;
@@ -284,11 +298,11 @@ pub async fn update(
             let ctx = ctx;
             let (ty, id) = path.into_inner();
             let ty = resource_type(&ty, &ctx)?;
+            scope(&ctx, ty, Perm::Update)?;
             let if_match = etag_header(&req, "if-match", ctx.format)?;
             let body = read_body(&req, payload, state.max_body, &ctx).await?;
             let value = parse_body(&req, &body, ty, &ctx)?;
-            let w = state
-                .fhir
+            let w = fhir_for(&state, &ctx)
                 .update(ty, id, value, if_match)
                 .await
                 .map_err(|e| ctx.error(e))?;
@@ -308,12 +322,12 @@ pub async fn conditional_update(
         .reply(&req, Interaction::Update, |ctx| async {
             let ctx = ctx;
             let ty = resource_type(&path, &ctx)?;
+            scope(&ctx, ty, Perm::Update)?;
             let condition = criteria(&req, &ctx)?;
             let if_match = etag_header(&req, "if-match", ctx.format)?;
             let body = read_body(&req, payload, state.max_body, &ctx).await?;
             let value = parse_body(&req, &body, ty, &ctx)?;
-            let w = state
-                .fhir
+            let w = fhir_for(&state, &ctx)
                 .conditional_update(ty, condition, value, if_match)
                 .await
                 .map_err(|e| ctx.error(e))?;
@@ -353,6 +367,7 @@ pub async fn patch(
         let ctx = ctx;
         let (ty, id) = path.into_inner();
         let ty = resource_type(&ty, &ctx)?;
+        scope(&ctx, ty, Perm::Update)?;
         let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         let ct = ct.trim().to_ascii_lowercase();
         let if_match = etag_header(&req, "if-match", ctx.format)?;
@@ -372,7 +387,7 @@ pub async fn patch(
                 ctx.format,
             ));
         };
-        let w = state.fhir.patch(ty, id, patch, if_match).await.map_err(|e| ctx.error(e))?;
+        let w = fhir_for(&state, &ctx).patch(ty, id, patch, if_match).await.map_err(|e| ctx.error(e))?;
         written_response(w, &ctx, "patched")
     })
     .await
@@ -389,7 +404,11 @@ pub async fn delete(
             let ctx = ctx;
             let (ty, id) = path.into_inner();
             let ty = resource_type(&ty, &ctx)?;
-            let deleted = state.fhir.delete(ty, id).await.map_err(|e| ctx.error(e))?;
+            scope(&ctx, ty, Perm::Delete)?;
+            let deleted = fhir_for(&state, &ctx)
+                .delete(ty, id)
+                .await
+                .map_err(|e| ctx.error(e))?;
             Ok(deleted_response(deleted.as_ref(), &ctx))
         })
         .await
@@ -405,9 +424,9 @@ pub async fn conditional_delete(
         .reply(&req, Interaction::Delete, |ctx| async {
             let ctx = ctx;
             let ty = resource_type(&path, &ctx)?;
+            scope(&ctx, ty, Perm::Delete)?;
             let condition = criteria(&req, &ctx)?;
-            let deleted = state
-                .fhir
+            let deleted = fhir_for(&state, &ctx)
                 .conditional_delete(ty, condition)
                 .await
                 .map_err(|e| ctx.error(e))?;
@@ -562,21 +581,53 @@ async fn search_in(
         };
         let mut spec = crate::fhir::search::query::parse(ty, &pairs, ctx.strict).map_err(|e| ctx.error(e))?;
         spec.localise(ctx.base());
+        for t in &spec.types {
+            scope(&ctx, t, Perm::Search)?;
+        }
+        if let Some(auth) = &state.auth
+            && spec.types.iter().any(|t| t == "AuditEvent")
+        {
+            // The trail a caller reads is never behind the requests they made.
+            auth.audit.flush().await;
+        }
         let mut link_path: Option<String> = ty.map(str::to_string);
         if let Some((owner, id, everything)) = &compartment {
             let owner_ty = resource_type(owner, &ctx)?;
             if *everything && owner_ty != "Patient" {
                 return Err(ctx.error(Error::NotFound(format!("{owner_ty}/$everything is not an operation of this server (Patient/$everything is)"))));
             }
-            // The owner must exist (404 / 410 otherwise).
-            state.fhir.read(owner_ty, id.clone()).await.map_err(|e| ctx.error(e))?;
+            // The owner must exist (404 / 410 otherwise), and be the caller's to see.
+            let owner = state.fhir.read(owner_ty, id.clone()).await.map_err(|e| ctx.error(e))?;
+            must_read(state.fhir.store(), &ctx, owner_ty, id, &owner.body).await?;
             crate::fhir::search::within_compartment(&mut spec, owner_ty, id, *everything).map_err(|e| ctx.error(e))?;
             link_path = Some(match ty {
                 Some(t) => format!("{owner_ty}/{id}/{t}"),
                 None => format!("{owner_ty}/{id}/$everything"),
             });
         }
-        let page = crate::fhir::search::run(state.fhir.store(), spec.clone()).await.map_err(|e| ctx.error(e))?;
+        if compartment.is_none()
+            && let Some(me) = ctx.guard.as_ref().filter(|g| g.principal.role == crate::auth::Role::Patient).and_then(|g| g.principal.patient.clone())
+            && !spec.types.is_empty()
+            && spec.types.iter().all(|t| crate::fhir::compartment::holds("Patient", t))
+        {
+            // A patient's search runs inside their own compartment (so pages and totals are theirs).
+            crate::fhir::search::within_compartment(&mut spec, "Patient", &me, false).map_err(|e| ctx.error(e))?;
+        }
+        let mut page = crate::fhir::search::run(state.fhir.store(), spec.clone()).await.map_err(|e| ctx.error(e))?;
+        if ctx.guard.is_some() {
+            let items: Vec<(String, String)> = page.matches.iter().chain(page.included.iter()).map(|f| (f.res_type.clone(), f.body.clone())).collect();
+            let ok = readable(state.fhir.store(), ctx.guard.as_ref(), items).await.map_err(|e| ctx.error(e))?;
+            let (m, _) = ok.split_at(page.matches.len());
+            let matches_before = page.matches.len();
+            let mut i = 0;
+            page.matches.retain(|_| { i += 1; m[i - 1] });
+            let mut j = 0;
+            let inc = &ok[matches_before..];
+            page.included.retain(|_| { j += 1; inc[j - 1] });
+            if page.matches.len() != matches_before {
+                page.total = None;
+            }
+        }
         let base = ctx.base();
         let mut entries: Vec<EntryOut> = Vec::with_capacity(page.matches.len() + page.included.len() + 1);
         for (mode, rows) in [("match", &page.matches), ("include", &page.included)] {
@@ -735,7 +786,41 @@ async fn history(
         }
     }
     let limit = q.limit;
-    let (rows, total) = state.fhir.history(q).await.map_err(|e| ctx.error(e))?;
+    if let Some(g) = &ctx.guard {
+        match &q.scope {
+            HistoryScope::Instance(t, _) | HistoryScope::Type(t) => {
+                g.scope(t, Perm::Read).map_err(|e| ctx.error(e))?
+            }
+            HistoryScope::System => {}
+        }
+    }
+    let instance = matches!(q.scope, HistoryScope::Instance(..));
+    let (mut rows, mut total) = state.fhir.history(q).await.map_err(|e| ctx.error(e))?;
+    let fetched = rows.len();
+    let last_key = rows.last().map(|s| (s.last_updated, s.pk));
+    if ctx.guard.is_some() {
+        let items: Vec<(String, String)> = rows
+            .iter()
+            .map(|s| (s.ty.clone(), s.body.clone()))
+            .collect();
+        let ok = readable(state.fhir.store(), ctx.guard.as_ref(), items)
+            .await
+            .map_err(|e| ctx.error(e))?;
+        // A deletion shows nothing to judge by: only an instance's own history, which the
+        // versions around it vouch for, keeps it.
+        let any_seen = rows.iter().zip(&ok).any(|(s, ok)| *ok && !s.deleted);
+        let mut i = 0;
+        rows.retain(|s| {
+            i += 1;
+            ok[i - 1] && (!s.deleted || (instance && any_seen))
+        });
+        if instance && !any_seen && fetched > 0 {
+            return Err(ctx.error(Error::NotFound("the resource is not known".into())));
+        }
+        if rows.len() != fetched {
+            total = None;
+        }
+    }
     let link = |extra: Option<String>| {
         let mut s = form_urlencoded::Serializer::new(String::new());
         s.extend_pairs(kept.iter());
@@ -750,13 +835,10 @@ async fn history(
         }
     };
     let mut links = vec![("self", link(None))];
-    if rows.len() as i64 == limit
-        && let Some(last) = rows.last()
+    if fetched as i64 == limit
+        && let Some((lu, pk)) = last_key
     {
-        links.push((
-            "next",
-            link(Some(format!("{}.{}", last.last_updated, last.pk))),
-        ));
+        links.push(("next", link(Some(format!("{lu}.{pk}")))));
     }
     let entries: Vec<EntryOut> = rows
         .into_iter()

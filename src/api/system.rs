@@ -52,7 +52,14 @@ pub async fn transaction(
                     .map(|(v, _)| v)
                     .map_err(Error::Invalid)
             };
-            let json = bundle::process(&state.fhir, value, reparse, &opts)
+            if let Some(g) = &ctx.guard {
+                bundle_scopes(g, &value, ctx.base()).map_err(|e| ctx.error(e))?;
+            }
+            let fhir = super::rest::fhir_for(&state, &ctx);
+            let json = bundle::process(&fhir, value, reparse, &opts)
+                .await
+                .map_err(|e| ctx.error(e))?;
+            let json = super::access::redact_bundle(state.fhir.store(), ctx.guard.as_ref(), json)
                 .await
                 .map_err(|e| ctx.error(e))?;
             bundle_response(json, &ctx)
@@ -66,6 +73,16 @@ pub async fn reindex(req: HttpRequest, state: web::Data<AppState>) -> HttpRespon
     state
         .reply(&req, Interaction::Operations, |ctx| async {
             let ctx = ctx;
+            if ctx
+                .guard
+                .as_ref()
+                .is_some_and(|g| g.principal.role != crate::auth::Role::Admin)
+            {
+                return Err(super::access::forbidden(
+                    "only an administrator may reindex",
+                    ctx.format,
+                ));
+            }
             let store = state.fhir.store();
             let custom = crate::fhir::search::load_custom_params(store)
                 .await
@@ -80,4 +97,57 @@ pub async fn reindex(req: HttpRequest, state: web::Data<AppState>) -> HttpRespon
             bundle_response(out.to_string(), &ctx)
         })
         .await
+}
+
+/// The scopes every entry of a Bundle needs, checked before anything runs: one entry beyond the
+/// token's scopes refuses the whole Bundle (403, naming the entry).
+fn bundle_scopes(
+    g: &crate::auth::policy::Guard,
+    bundle: &serde_json::Value,
+    base: &str,
+) -> Result<(), Error> {
+    use crate::auth::scopes::Perm;
+    let Some(entries) = bundle.get("entry").and_then(serde_json::Value::as_array) else {
+        return Ok(());
+    };
+    for (i, e) in entries.iter().enumerate() {
+        let method = e
+            .pointer("/request/method")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("");
+        let url = e
+            .pointer("/request/url")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("");
+        let url = url
+            .strip_prefix(base)
+            .map(|u| u.trim_start_matches('/'))
+            .unwrap_or(url);
+        let (path, query) = url
+            .split_once('?')
+            .map_or((url, None), |(p, q)| (p, Some(q)));
+        let mut segments = path.split('/').filter(|s| !s.is_empty());
+        let Some(ty) = segments.next() else { continue };
+        let instance = segments.next().is_some();
+        let perm = match method {
+            "GET" | "HEAD" if instance => Perm::Read,
+            "GET" | "HEAD" => Perm::Search,
+            "POST" => Perm::Create,
+            "PUT" | "PATCH" => Perm::Update,
+            "DELETE" => Perm::Delete,
+            _ => continue,
+        };
+        g.scope(ty, perm).map_err(|err| Error::Entry {
+            index: i,
+            source: Box::new(err),
+        })?;
+        // A conditional write searches as well.
+        if query.is_some() && perm != Perm::Search {
+            g.scope(ty, Perm::Search).map_err(|err| Error::Entry {
+                index: i,
+                source: Box::new(err),
+            })?;
+        }
+    }
+    Ok(())
 }

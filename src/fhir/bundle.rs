@@ -17,8 +17,8 @@ use super::conformance::DEFINING_TYPES;
 use super::datetime::now_millis;
 use super::identity;
 use super::interactions::{
-    Fhir, Patch, Stored, Written, check_id, citizen_holder, conditional_match, delete_in, new_id,
-    patch_in, prepare, retry, update_in,
+    Change, Fhir, Gate, Patch, Stored, Written, check_id, citizen_holder, conditional_match,
+    delete_in, new_id, patch_in, prepare, retry, update_in,
 };
 use super::links::{LinkKind, for_each_link};
 use super::outcome::{self, Issue};
@@ -367,6 +367,8 @@ struct Plan {
     out: Vec<Option<EntryOut>>,
     put_ids: HashMap<usize, String>,
     creates: Vec<NewResource>,
+    /// What conditional creates found instead of creating.
+    found: Vec<Stored>,
 }
 
 /// Plans a transaction; None when it needs the database and `look` is offline.
@@ -410,6 +412,7 @@ fn plan(
     let mut out: Vec<Option<EntryOut>> = (0..entries.len()).map(|_| None).collect();
     let mut ids: HashMap<String, String> = HashMap::new();
     let mut creates: Vec<(usize, String)> = Vec::new();
+    let mut found_existing: Vec<Stored> = Vec::new();
     for e in entries.iter_mut().filter(|e| e.verb == Verb::Post) {
         let ty = e.target.ty();
         if let Some(c) = &e.if_none_exist {
@@ -430,6 +433,7 @@ fn plan(
             };
             if let Some(existing) = found {
                 map_full_url(&mut ids, e.full_url.as_deref(), ty, &existing.id);
+                found_existing.push(existing.clone());
                 out[e.index] = Some(written_entry(
                     &Written {
                         stored: existing,
@@ -518,6 +522,7 @@ fn plan(
         out,
         put_ids,
         creates: prepared,
+        found: found_existing,
     }))
 }
 
@@ -555,7 +560,7 @@ fn run_transaction(
     for e in entries.iter().filter(|e| e.verb == Verb::Delete) {
         deleted.push((
             e.index,
-            delete_entry(s, e, now).map_err(|err| entry_error(e.index, err))?,
+            delete_entry(s, fhir.gate(), e, now).map_err(|err| entry_error(e.index, err))?,
         ));
     }
     // 2. Ids, links and new resources, seeing the deletes.
@@ -575,7 +580,16 @@ fn run_transaction(
         mut out,
         put_ids,
         creates,
+        found,
     } = plan;
+    // What the access policy is asked about once everything is written.
+    let mut changed: Vec<Written> = found
+        .into_iter()
+        .map(|stored| Written {
+            stored,
+            created: false,
+        })
+        .collect();
     for (index, r) in deleted {
         out[index] = Some(r);
     }
@@ -630,14 +644,14 @@ fn run_transaction(
             method: Method::Create,
             body: c.body,
         };
-        out[c.index] = Some(written_entry(
-            &Written {
-                stored,
-                created: true,
-            },
-            opts,
-            false,
-        ));
+        let w = Written {
+            stored,
+            created: true,
+        };
+        out[c.index] = Some(written_entry(&w, opts, false));
+        if fhir.gate().is_some() {
+            changed.push(w);
+        }
     }
 
     // 5. PUT and PATCH.
@@ -650,6 +664,10 @@ fn run_transaction(
             continue;
         };
         let value = e.resource.take().unwrap_or(Value::Null);
+        if let Some(g) = fhir.gate() {
+            g.before_change(s, ty, &id)
+                .map_err(|err| entry_error(e.index, err))?;
+        }
         let written = match e.verb {
             Verb::Put => put_entry(s, ty, &id, value, e.if_match, now, e.index),
             _ => json_patch_of(&value, e.index)
@@ -657,6 +675,22 @@ fn run_transaction(
         }
         .map_err(|err| entry_error(e.index, err))?;
         out[e.index] = Some(written_entry(&written, opts, false));
+        if fhir.gate().is_some() {
+            changed.push(written);
+        }
+    }
+    if let Some(g) = fhir.gate() {
+        let changes: Vec<Change<'_>> = changed
+            .iter()
+            .filter(|w| !w.stored.deleted)
+            .map(|w| Change {
+                ty: &w.stored.ty,
+                id: &w.stored.id,
+                body: &w.stored.body,
+                created: w.created,
+            })
+            .collect();
+        g.after_write(s, &changes)?;
     }
 
     // 6. GET and HEAD, seeing the writes above.
@@ -723,15 +757,26 @@ fn json_patch_of(resource: &Value, index: usize) -> Result<Patch> {
         .map_err(|e| bad(&format!("the Binary does not hold a JSON Patch: {e}")))
 }
 
-fn delete_entry(s: &mut Session<'_>, e: &Entry, now: i64) -> Result<EntryOut> {
+fn delete_entry(
+    s: &mut Session<'_>,
+    gate: Option<&dyn Gate>,
+    e: &Entry,
+    now: i64,
+) -> Result<EntryOut> {
     let ty = e.target.ty();
+    let delete = |s: &mut Session<'_>, id: &str| {
+        if let Some(g) = gate {
+            g.before_change(s, ty, id)?;
+        }
+        delete_in(s, ty, id, now)
+    };
     let deleted = match &e.target {
-        Target::Instance(_, id) => delete_in(s, ty, id, now)?,
+        Target::Instance(_, id) => delete(s, id)?,
         Target::Query(_, q) => {
             let c = Condition::parse(q)?;
             match c.matches(s, ty, 2)?.as_slice() {
                 [] => None,
-                [one] => delete_in(s, ty, one, now)?,
+                [one] => delete(s, one)?,
                 _ => {
                     return Err(Error::PreconditionFailed(format!(
                         "more than one {ty} meets '{q}'"
@@ -987,9 +1032,11 @@ async fn batch_entry(fhir: &Fhir, e: Entry, opts: &BundleOptions) -> Result<Entr
         }
         (Verb::Delete, _) | (Verb::Get | Verb::Head, _) => {
             let base = opts.base.clone();
+            let fhir = fhir.clone();
             fhir.store()
+                .clone()
                 .write(move |s| match e.verb {
-                    Verb::Delete => delete_entry(s, &e, now_millis()),
+                    Verb::Delete => delete_entry(s, fhir.gate(), &e, now_millis()),
                     _ => read_entry(s, &e, &base),
                 })
                 .await
@@ -1023,6 +1070,8 @@ pub fn status_and_issues(err: &Error) -> (String, Vec<Issue>) {
         409 => "Conflict",
         410 => "Gone",
         412 => "Precondition Failed",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         501 => "Not Implemented",
         _ => "Internal Server Error",
     };

@@ -62,11 +62,32 @@ pub struct Written {
     pub created: bool,
 }
 
+/// The access policy's say in writes (implemented by `auth::policy`). Both run inside the
+/// write's database transaction, so they see what the transaction wrote so far, and a refusal
+/// rolls it all back.
+pub trait Gate: Send + Sync {
+    /// Before `ty/id` is changed or deleted: may its current version be touched?
+    fn before_change(&self, s: &mut Session<'_>, ty: &str, id: &str) -> Result<()>;
+    /// After the writes of a transaction (all of them, so that an encounter written in the same
+    /// Bundle counts): may these versions stand? `created` is false for a conditional create that
+    /// found an existing resource (which the response would reveal).
+    fn after_write(&self, s: &mut Session<'_>, written: &[Change<'_>]) -> Result<()>;
+}
+
+/// A version a [`Gate`] is asked about.
+pub struct Change<'a> {
+    pub ty: &'a str,
+    pub id: &'a str,
+    pub body: &'a str,
+    pub created: bool,
+}
+
 /// The FHIR record store: interactions over a [`Store`].
 #[derive(Clone)]
 pub struct Fhir {
     store: Store,
     conformance: Arc<Conformance>,
+    gate: Option<Arc<dyn Gate>>,
 }
 
 impl Fhir {
@@ -74,7 +95,20 @@ impl Fhir {
         Fhir {
             store,
             conformance: Conformance::new(rules),
+            gate: None,
         }
+    }
+
+    /// This store as seen through an access policy: every write it makes is put to `gate`.
+    pub fn gated(&self, gate: Arc<dyn Gate>) -> Fhir {
+        Fhir {
+            gate: Some(gate),
+            ..self.clone()
+        }
+    }
+
+    pub(crate) fn gate(&self) -> Option<&dyn Gate> {
+        self.gate.as_deref()
     }
 
     pub fn store(&self) -> &Store {
@@ -143,24 +177,25 @@ impl Fhir {
         let id = new_id();
         let now = now_millis();
         let (body, tokens) = prepare(value, ty, &id, 1, now, ty)?;
+        let gate = self.gate.clone();
         let written: Written = self
             .store
             .write(move |s| -> Result<Written> {
                 let mut settled = Vec::new();
                 if let Some(c) = &condition {
-                    if let Some(existing) = conditional_match(s, ty, c)? {
-                        return Ok(Written {
-                            stored: existing,
-                            created: false,
-                        });
-                    }
                     // One citizen, one record: a conditional create of a person who already
                     // has a record is given that record.
-                    if let Some(existing) = citizen_holder(s, ty, &tokens)? {
-                        return Ok(Written {
+                    let existing = match conditional_match(s, ty, c)? {
+                        Some(e) => Some(e),
+                        None => citizen_holder(s, ty, &tokens)?,
+                    };
+                    if let Some(existing) = existing {
+                        let w = Written {
                             stored: existing,
                             created: false,
-                        });
+                        };
+                        check_written(gate.as_deref(), s, &w)?;
+                        return Ok(w);
                     }
                     // Checked just now, under their locks: the insert need not look again.
                     settled = identity::claims(ty, &tokens)
@@ -169,10 +204,12 @@ impl Fhir {
                         .collect();
                 }
                 let stored = insert(s, ty, id, 1, Method::Create, now, body, tokens, &settled)?;
-                Ok(Written {
+                let w = Written {
                     stored,
                     created: true,
-                })
+                };
+                check_written(gate.as_deref(), s, &w)?;
+                Ok(w)
             })
             .await?;
         self.learn(&written.stored);
@@ -190,10 +227,9 @@ impl Fhir {
         check_body_id(&value, ty, &id)?;
         self.admit(ty, &value, ty)?;
         let written = retry(|| {
-            let (id, value) = (id.clone(), value.clone());
-            self.store.write(move |s| {
-                update_in(s, ty, &id, value, if_match, Method::Update, now_millis())
-            })
+            let (id, value, gate) = (id.clone(), value.clone(), self.gate.clone());
+            self.store
+                .write(move |s| gated_update(gate.as_deref(), s, ty, &id, value, if_match))
         })
         .await?;
         self.learn(&written.stored);
@@ -211,7 +247,7 @@ impl Fhir {
     ) -> Result<Written> {
         self.admit(ty, &value, ty)?;
         let written = retry(|| {
-            let (condition, value) = (condition.clone(), value.clone());
+            let (condition, value, gate) = (condition.clone(), value.clone(), self.gate.clone());
             self.store.write(move |s| {
                 s.lock_condition(condition.lock_key(ty))?;
                 let ids = condition.matches(s, ty, 2)?;
@@ -233,7 +269,7 @@ impl Fhir {
                         )));
                     }
                 };
-                update_in(s, ty, &id, value, if_match, Method::Update, now_millis())
+                gated_update(gate.as_deref(), s, ty, &id, value, if_match)
             })
         })
         .await?;
@@ -251,8 +287,14 @@ impl Fhir {
     ) -> Result<Written> {
         let written = retry(|| {
             let (id, patch, fhir) = (id.clone(), patch.clone(), self.clone());
-            self.store
-                .write(move |s| patch_in(s, &fhir, ty, &id, &patch, if_match, now_millis()))
+            self.store.write(move |s| {
+                if let Some(g) = fhir.gate() {
+                    g.before_change(s, ty, &id)?;
+                }
+                let w = patch_in(s, &fhir, ty, &id, &patch, if_match, now_millis())?;
+                check_written(fhir.gate(), s, &w)?;
+                Ok(w)
+            })
         })
         .await?;
         self.learn(&written.stored);
@@ -263,9 +305,13 @@ impl Fhir {
     /// (R4 §3.1.0.7: idempotent); the result says whether a version was added.
     pub async fn delete(&self, ty: &'static str, id: String) -> Result<Option<Stored>> {
         let gone = retry(|| {
-            let id = id.clone();
-            self.store
-                .write(move |s| delete_in(s, ty, &id, now_millis()))
+            let (id, gate) = (id.clone(), self.gate.clone());
+            self.store.write(move |s| {
+                if let Some(g) = &gate {
+                    g.before_change(s, ty, &id)?;
+                }
+                delete_in(s, ty, &id, now_millis())
+            })
         })
         .await?;
         if let Some(g) = &gone {
@@ -281,12 +327,17 @@ impl Fhir {
         condition: Condition,
     ) -> Result<Option<Stored>> {
         let gone = retry(|| {
-            let condition = condition.clone();
+            let (condition, gate) = (condition.clone(), self.gate.clone());
             self.store.write(move |s| {
                 let ids = condition.matches(s, ty, 2)?;
                 match ids.as_slice() {
                     [] => Ok(None),
-                    [one] => delete_in(s, ty, one, now_millis()),
+                    [one] => {
+                        if let Some(g) = &gate {
+                            g.before_change(s, ty, one)?;
+                        }
+                        delete_in(s, ty, one, now_millis())
+                    }
                     _ => Err(Error::PreconditionFailed(format!(
                         "more than one {ty} meets the condition: a conditional delete removes one"
                     ))),
@@ -342,6 +393,44 @@ impl Fhir {
                 Ok((rows.into_iter().map(Stored::from).collect(), total))
             })
             .await
+    }
+}
+
+/// An update under the access policy: the version replaced and the one written must both be
+/// the caller's to touch.
+fn gated_update(
+    gate: Option<&dyn Gate>,
+    s: &mut Session<'_>,
+    ty: &'static str,
+    id: &str,
+    value: Value,
+    if_match: Option<i64>,
+) -> Result<Written> {
+    if let Some(g) = gate {
+        g.before_change(s, ty, id)?;
+    }
+    let w = update_in(s, ty, id, value, if_match, Method::Update, now_millis())?;
+    check_written(gate, s, &w)?;
+    Ok(w)
+}
+
+/// Puts one written version to the gate.
+pub(crate) fn check_written(
+    gate: Option<&dyn Gate>,
+    s: &mut Session<'_>,
+    w: &Written,
+) -> Result<()> {
+    match gate {
+        Some(g) if !w.stored.deleted => g.after_write(
+            s,
+            &[Change {
+                ty: &w.stored.ty,
+                id: &w.stored.id,
+                body: &w.stored.body,
+                created: w.created,
+            }],
+        ),
+        _ => Ok(()),
     }
 }
 

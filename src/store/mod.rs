@@ -6,6 +6,7 @@
 //! SQLite has one writer: writes go through a single connection behind a mutex, reads through a
 //! pool. PostgreSQL uses one pool for both.
 
+mod auth;
 mod schema;
 mod search;
 mod session;
@@ -21,6 +22,7 @@ use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnectio
 use diesel::{Connection, PgConnection, SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
+pub use auth::{ClientRow, Refresh, SessionRow, UserRow};
 pub use search::{
     Cond, Filter, Found, IndexTable, Prefix, SearchQuery, SortBy, SortKey, SortValue,
 };

@@ -108,6 +108,60 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    auth_user (username) {
+        username -> Text,
+        role -> Text,
+        fhir_user -> Nullable<Text>,
+        organization -> Nullable<Text>,
+        password_hash -> Text,
+        disabled -> Bool,
+        created -> BigInt,
+    }
+}
+
+diesel::table! {
+    auth_client (client_id) {
+        client_id -> Text,
+        name -> Text,
+        organization -> Nullable<Text>,
+        secret_hash -> Nullable<Text>,
+        public_key -> Nullable<Text>,
+        scopes -> Text,
+        disabled -> Bool,
+        created -> BigInt,
+    }
+}
+
+diesel::table! {
+    auth_session (sid) {
+        sid -> Text,
+        subject -> Text,
+        client_id -> Text,
+        scopes -> Text,
+        created -> BigInt,
+        expires -> BigInt,
+        revoked -> Bool,
+    }
+}
+
+diesel::table! {
+    auth_refresh (token_hash) {
+        token_hash -> Text,
+        sid -> Text,
+        expires -> BigInt,
+        used -> Bool,
+    }
+}
+
+diesel::table! {
+    auth_assertion (client_id, jti) {
+        client_id -> Text,
+        jti -> Text,
+        expires -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     resource_version,
     ix_token,

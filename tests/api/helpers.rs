@@ -21,6 +21,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// The in-process server, or (for what is process-wide) the `yba` process.
     handle: Option<actix_web::dev::ServerHandle>,
+    /// The in-process server's store (to create accounts as the `yba user` command does).
+    pub store: Option<yba::store::Store>,
     _child: Option<tokio::process::Child>,
     _dir: Option<tempfile::TempDir>,
     schema: Option<String>,
@@ -84,6 +86,8 @@ pub async fn spawn_sqlite_with(tune: impl FnOnce(&mut Config)) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}", dir.path().join("yba.db").display());
     let mut config = Config::local(url);
+    // The FHIR suites run open (YBA_AUTH=off); the auth suites turn it on with `with_auth`.
+    config.auth = false;
     tune(&mut config);
     start(config, Some(dir), None).await
 }
@@ -93,6 +97,8 @@ pub async fn spawn_sqlite_with(tune: impl FnOnce(&mut Config)) -> TestApp {
 pub async fn spawn_postgres_with(tune: impl FnOnce(&mut Config)) -> Option<TestApp> {
     let (url, schema) = postgres_schema().await?;
     let mut config = Config::local(url);
+    // The FHIR suites run open (YBA_AUTH=off); the auth suites turn it on with `with_auth`.
+    config.auth = false;
     tune(&mut config);
     Some(start(config, None, Some(schema)).await)
 }
@@ -103,6 +109,8 @@ pub async fn spawn_postgres_beside(app: &TestApp, tune: impl FnOnce(&mut Config)
     let url = postgres_url();
     let sep = if url.contains('?') { '&' } else { '?' };
     let mut config = Config::local(format!("{url}{sep}options=-csearch_path%3D{schema}"));
+    // The FHIR suites run open (YBA_AUTH=off); the auth suites turn it on with `with_auth`.
+    config.auth = false;
     tune(&mut config);
     start(config, None, None).await
 }
@@ -156,6 +164,7 @@ pub async fn spawn_process(postgres: bool) -> Option<TestApp> {
         .arg("serve")
         .env("DATABASE_URL", &url)
         .env("YBA_BIND", "127.0.0.1:0")
+        .env("YBA_AUTH", "off")
         .env("YBA_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::piped())
@@ -180,6 +189,7 @@ pub async fn spawn_process(postgres: bool) -> Option<TestApp> {
         base: format!("http://{addr}/fhir"),
         client: reqwest::Client::new(),
         handle: None,
+        store: None,
         _child: Some(child),
         _dir: dir,
         schema,
@@ -197,6 +207,7 @@ async fn start(config: Config, dir: Option<tempfile::TempDir>, schema: Option<St
         .expect("join")
         .expect("server starts");
     let handle = running.server.handle();
+    let store = running.store.clone();
     tokio::spawn(running.server);
     let addr = running.addr;
     TestApp {
@@ -207,6 +218,7 @@ async fn start(config: Config, dir: Option<tempfile::TempDir>, schema: Option<St
             .build()
             .expect("client"),
         handle: Some(handle),
+        store: Some(store),
         _child: None,
         _dir: dir,
         schema,
@@ -331,6 +343,11 @@ macro_rules! on_both_databases {
 
 /// The server as it ships: VN Patient compulsory for Patients.
 pub fn as_shipped(_: &mut Config) {}
+
+/// Sign-in, the access policy and the audit trail on, as shipped.
+pub fn with_auth(c: &mut Config) {
+    c.auth = true;
+}
 
 /// A server for data from anywhere (the official R4 examples, synthetic search populations):
 /// no profile is compulsory. The structure of R4 and the identifier rules still hold.

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod auth;
 mod bundles;
 mod conditional;
 mod crud;
