@@ -54,6 +54,7 @@ async fn sigterm_lets_in_flight_requests_finish() {
             format!("sqlite://{}", dir.path().join("yba.db").display()),
         )
         .env("YBA_BIND", "127.0.0.1:0")
+        .env("YBA_AUTH", "off")
         .env("YBA_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::piped())
