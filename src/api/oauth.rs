@@ -55,15 +55,20 @@ fn auth_state(state: &AppState) -> Result<&AuthState, HttpResponse> {
     })
 }
 
+fn ctx_of(req: &HttpRequest, state: &AppState) -> Result<Ctx, HttpResponse> {
+    Ctx::new(req, state.base_url.as_ref())
+        .map_err(|_| bad_request("the request cannot be negotiated"))
+}
+
 /// `POST /auth/token`.
 pub async fn token(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
     let auth = match auth_state(&state) {
         Ok(a) => a,
         Err(r) => return r,
     };
-    let ctx = match Ctx::new(&req, state.base_url.as_ref()) {
+    let ctx = match ctx_of(&req, &state) {
         Ok(c) => c,
-        Err(_) => return bad_request("the request cannot be negotiated"),
+        Err(r) => return r,
     };
     if body.len() > MAX_FORM {
         return bad_request("the token request is too large");
@@ -252,9 +257,9 @@ pub async fn revoke(
         Ok(a) => a,
         Err(r) => return r,
     };
-    let ctx = match Ctx::new(&req, state.base_url.as_ref()) {
+    let ctx = match ctx_of(&req, &state) {
         Ok(c) => c,
-        Err(_) => return bad_request("the request cannot be negotiated"),
+        Err(r) => return r,
     };
     if body.len() > MAX_FORM {
         return bad_request("the revocation request is too large");
@@ -279,9 +284,9 @@ pub async fn revoke(
 
 /// `GET [base]/.well-known/smart-configuration` (SMART App Launch 2.x §2.1).
 pub async fn smart_configuration(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let ctx = match Ctx::new(&req, state.base_url.as_ref()) {
+    let ctx = match ctx_of(&req, &state) {
         Ok(c) => c,
-        Err(_) => return bad_request("the request cannot be negotiated"),
+        Err(r) => return r,
     };
     let origin = origin(&ctx);
     HttpResponse::Ok().json(json!({

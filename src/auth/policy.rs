@@ -109,13 +109,6 @@ fn is_shared(ty: &str) -> bool {
 
 /// The patients a resource is about: a Patient itself, or the patients its compartment
 /// parameters point at (for types outside the compartment, any reference to a Patient).
-pub fn linked_patients(ty: &str, body: &str) -> Vec<String> {
-    let Ok(value) = serde_json::from_str::<Value>(body) else {
-        return Vec::new();
-    };
-    linked_patients_of(ty, &value)
-}
-
 fn linked_patients_of(ty: &str, value: &Value) -> Vec<String> {
     if ty == "Patient" {
         return value
@@ -140,23 +133,17 @@ fn linked_patients_of(ty: &str, value: &Value) -> Vec<String> {
 }
 
 fn labels_of(value: &Value) -> Vec<(String, String)> {
-    value
-        .pointer("/meta/security")
+    codings(value.pointer("/meta/security"))
+}
+
+/// `(system, code)` of an array of Codings.
+fn codings(array: Option<&Value>) -> Vec<(String, String)> {
+    let text = |c: &Value, k: &str| c.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    array
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
-                .map(|c| {
-                    (
-                        c.get("system")
-                            .and_then(Value::as_str)
-                            .unwrap_or("")
-                            .to_string(),
-                        c.get("code")
-                            .and_then(Value::as_str)
-                            .unwrap_or("")
-                            .to_string(),
-                    )
-                })
+                .map(|c| (text(c, "system"), text(c, "code")))
                 .collect()
         })
         .unwrap_or_default()
@@ -497,26 +484,7 @@ fn consent_rules(
                     .collect()
             })
             .unwrap_or_default();
-        let labels: Vec<(String, String)> = node
-            .get("securityLabel")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .map(|c| {
-                        (
-                            c.get("system")
-                                .and_then(Value::as_str)
-                                .unwrap_or("")
-                                .to_string(),
-                            c.get("code")
-                                .and_then(Value::as_str)
-                                .unwrap_or("")
-                                .to_string(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let labels = codings(node.get("securityLabel"));
         match kind {
             // A blanket deny of everyone is the patient's default stance, not a ban on the
             // organizations caring for them; a blanket deny naming this organization is.

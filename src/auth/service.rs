@@ -313,14 +313,7 @@ impl Tokens {
                 ),
             ));
         }
-        let patient = match role {
-            Role::Patient => user
-                .fhir_user
-                .as_deref()
-                .and_then(|f| f.strip_prefix("Patient/"))
-                .map(str::to_string),
-            _ => None,
-        };
+        let patient = patient_in_context(role, user.fhir_user.as_deref());
         let claims = Claims {
             sub: user.username,
             role,
@@ -475,14 +468,7 @@ impl Tokens {
         };
         let had = Scopes::parse(&session.scopes);
         let scopes = Scopes::grant(&Scopes::parse(scope), &had);
-        let patient = match role {
-            Role::Patient => user
-                .fhir_user
-                .as_deref()
-                .and_then(|f| f.strip_prefix("Patient/"))
-                .map(str::to_string),
-            _ => None,
-        };
+        let patient = patient_in_context(role, user.fhir_user.as_deref());
         let claims = Claims {
             sub: user.username,
             role,
@@ -618,4 +604,14 @@ struct Claims {
     org: Option<String>,
     patient: Option<String>,
     scopes: Scopes,
+}
+
+/// The patient a token speaks for: the signed-in patient's own record.
+fn patient_in_context(role: Role, fhir_user: Option<&str>) -> Option<String> {
+    match role {
+        Role::Patient => fhir_user
+            .and_then(|f| f.strip_prefix("Patient/"))
+            .map(str::to_string),
+        _ => None,
+    }
 }
