@@ -76,6 +76,11 @@ pub struct Config {
     #[arg(long, env = "YBA_SESSION_TTL", default_value_t = 8 * 3600)]
     pub session_ttl: u64,
 
+    /// Requests a second each signed-in party (a person, a hospital system) may make on
+    /// average, with bursts of twice that; beyond it, 429 with Retry-After. 0: no limit.
+    #[arg(long, env = "YBA_RATE_LIMIT", default_value_t = 1000)]
+    pub rate_limit: u32,
+
     /// Browser origins allowed to call the API (CORS), separated by commas; none by default.
     #[arg(long, env = "YBA_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
@@ -110,6 +115,7 @@ impl Config {
             access_token_ttl: 300,
             session_ttl: 8 * 3600,
             cors_origins: Vec::new(),
+            rate_limit: 1000,
             trust_forwarded: false,
         }
     }

@@ -12,6 +12,8 @@ use tokio::net::TcpStream;
 pub struct Conn {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// Header lines sent with every request (each ending in CRLF), e.g. a bearer token.
+    extra: String,
 }
 
 impl Conn {
@@ -21,20 +23,38 @@ impl Conn {
         Conn {
             stream,
             buf: Vec::with_capacity(16 * 1024),
+            extra: String::new(),
         }
     }
 
+    /// Sends `Authorization: Bearer <token>` with every later request.
+    pub fn bearer(&mut self, token: &str) {
+        self.extra = format!("Authorization: Bearer {token}\r\n");
+    }
+
     pub async fn call(&mut self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, Vec<u8>) {
+        self.send(method, path, "application/fhir+json", body).await
+    }
+
+    /// A request whose body is of `content_type`.
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Option<&[u8]>,
+    ) -> (u16, Vec<u8>) {
         let mut req = Vec::with_capacity(256 + body.map_or(0, <[u8]>::len));
         write!(
             req,
-            "{method} {path} HTTP/1.1\r\nHost: bench\r\nAccept: application/fhir+json\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: bench\r\nAccept: application/fhir+json\r\n{}",
+            self.extra
         )
         .unwrap();
         if let Some(b) = body {
             write!(
                 req,
-                "Content-Type: application/fhir+json\r\nContent-Length: {}\r\n",
+                "Content-Type: {content_type}\r\nContent-Length: {}\r\n",
                 b.len()
             )
             .unwrap();
@@ -114,14 +134,33 @@ pub async fn run<F>(label: &str, addr: &str, clients: usize, secs: u64, make: F)
 where
     F: Fn(usize, &mut Rng) -> (&'static str, String, Option<Vec<u8>>, u16) + Clone + 'static,
 {
+    run_as(label, addr, None, clients, secs, make).await
+}
+
+/// [`run`] with every request carrying a bearer token.
+pub async fn run_as<F>(
+    label: &str,
+    addr: &str,
+    token: Option<&str>,
+    clients: usize,
+    secs: u64,
+    make: F,
+) -> Stats
+where
+    F: Fn(usize, &mut Rng) -> (&'static str, String, Option<Vec<u8>>, u16) + Clone + 'static,
+{
     let deadline = Instant::now() + Duration::from_secs(secs);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
         let addr = addr.to_string();
         let make = make.clone();
+        let token = token.map(str::to_string);
         tasks.push(tokio::task::spawn_local(async move {
             let mut conn = Conn::open(&addr).await;
+            if let Some(t) = &token {
+                conn.bearer(t);
+            }
             let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((c as u64 + 1) * 0x2545_f491_4f6c_dd1d));
             let (mut lat, mut errors) = (Vec::new(), 0usize);
             while Instant::now() < deadline {

@@ -12,7 +12,9 @@ use super::Interaction;
 use super::error::ApiError;
 use super::negotiate::Ctx;
 use crate::auth::audit::{Audit, Record};
+use crate::auth::Principal;
 use crate::auth::policy::Guard;
+use crate::auth::ratelimit::RateLimit;
 use crate::auth::scopes::Perm;
 use crate::auth::service::Tokens;
 use crate::error::Error;
@@ -24,12 +26,43 @@ pub struct AuthState {
     pub tokens: Tokens,
     pub audit: Audit,
     pub trust_forwarded: bool,
+    pub limits: Option<RateLimit>,
 }
 
 /// The header a practitioner sends, with a reason, to reach a record outside their care.
 pub const BREAK_GLASS: &str = "x-break-glass";
 
+/// The answer to a caller over their rate limit: 429, and when to come back.
+pub fn throttled(wait: std::time::Duration, format: Format) -> actix_web::HttpResponse {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let e = ApiError::new(
+        429,
+        "throttled",
+        format!("too many requests from this caller; try again in {secs} s"),
+        format,
+    );
+    let mut r = actix_web::ResponseError::error_response(&e);
+    if let Ok(v) = header::HeaderValue::from_str(&secs.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
 impl AuthState {
+    /// Takes one request from the caller's allowance (a system by client id, a person by
+    /// username).
+    pub fn limit(&self, p: &Principal) -> Result<(), std::time::Duration> {
+        let Some(l) = &self.limits else {
+            return Ok(());
+        };
+        if p.role == crate::auth::Role::System {
+            l.take(&format!("client:{}", p.client_id))
+        } else {
+            l.take(&format!("user:{}", p.subject))
+        }
+    }
+
+
     /// The caller's network address.
     pub fn address(&self, req: &HttpRequest) -> Option<String> {
         if self.trust_forwarded
@@ -187,6 +220,43 @@ pub async fn must_read(
         Ok(())
     } else {
         Err(ctx.error(Error::NotFound(format!("{ty}/{id} is not known"))))
+    }
+}
+
+/// What a read by id found, as the caller may learn it: a deletion is 410 Gone only to those
+/// who could read what was deleted; to anyone else the id is simply not known (404).
+pub async fn found(
+    fhir: &crate::fhir::Fhir,
+    ctx: &Ctx,
+    ty: &str,
+    id: &str,
+    result: Result<crate::fhir::Stored, Error>,
+) -> Result<crate::fhir::Stored, ApiError> {
+    match result {
+        Err(Error::Gone(m)) if ctx.guard.is_some() => {
+            let (versions, _) = fhir
+                .history(crate::store::HistoryQuery {
+                    scope: crate::store::HistoryScope::Instance(ty.to_string(), id.to_string()),
+                    since: None,
+                    at: None,
+                    before: None,
+                    limit: 2,
+                })
+                .await
+                .map_err(|e| ctx.error(e))?;
+            match versions.iter().find(|v| !v.deleted) {
+                Some(live) => {
+                    must_read(fhir.store(), ctx, ty, id, &live.body).await?;
+                    Err(ctx.error(Error::Gone(m)))
+                }
+                None => Err(ctx.error(Error::NotFound(format!("{ty}/{id} is not known")))),
+            }
+        }
+        Err(e) => Err(ctx.error(e)),
+        Ok(stored) => {
+            must_read(fhir.store(), ctx, ty, id, &stored.body).await?;
+            Ok(stored)
+        }
     }
 }
 

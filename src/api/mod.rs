@@ -119,8 +119,13 @@ impl AppState {
                 Some(auth) if interaction != Interaction::Capabilities => {
                     match auth.guard(req, &ctx).await {
                         Ok(guard) => {
+                            let format = ctx.format;
                             ctx.guard = Some(guard.clone());
-                            let (r, detail) = match handler(ctx).await {
+                            let outcome = match auth.limit(&guard.principal) {
+                                Ok(()) => handler(ctx).await,
+                                Err(wait) => Ok(access::throttled(wait, format)),
+                            };
+                            let (r, detail) = match outcome {
                                 Ok(r) => (r, None),
                                 Err(e) => {
                                     let detail = e.issues.first().map(|i| i.diagnostics.clone());
@@ -385,6 +390,7 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
                 tokens,
                 audit,
                 trust_forwarded: config.trust_forwarded,
+                limits: crate::auth::ratelimit::RateLimit::new(config.rate_limit),
             }),
             Some(writer),
         )

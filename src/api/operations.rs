@@ -391,6 +391,18 @@ async fn patient_param(
         .find("Patient", condition, 2)
         .await
         .map_err(|e| ctx.error(e))?;
+    // Patients the caller may not see carry nothing, as far as they can tell.
+    let seen = super::access::readable(
+        state.fhir.store(),
+        ctx.guard.as_ref(),
+        found
+            .iter()
+            .map(|p| ("Patient".to_string(), p.body.clone()))
+            .collect(),
+    )
+    .await
+    .map_err(|e| ctx.error(e))?;
+    let found: Vec<_> = found.into_iter().zip(seen).filter(|(_, ok)| *ok).map(|(p, _)| p).collect();
     match found.as_slice() {
         [one] => Ok(one.id.clone()),
         [] => Err(ctx.error(Error::NotFound(format!(

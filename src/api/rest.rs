@@ -7,7 +7,7 @@ use actix_web::http::header::{self, HttpDate};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 
-use super::access::{must_read, readable, scope};
+use super::access::{found, readable, scope};
 use super::error::{ApiError, outcome_response};
 use super::negotiate::{Ctx, Return, body_format, etag_header};
 use super::{AppState, Interaction};
@@ -180,8 +180,8 @@ pub async fn read(
             let ty = resource_type(&ty, &ctx)?;
             scope(&ctx, ty, Perm::Read)?;
             let if_none_match = etag_header(&req, "if-none-match", ctx.format)?;
-            let stored = state.fhir.read(ty, id).await.map_err(|e| ctx.error(e))?;
-            must_read(state.fhir.store(), &ctx, ty, &stored.id, &stored.body).await?;
+            let result = state.fhir.read(ty, id.clone()).await;
+            let stored = found(&state.fhir, &ctx, ty, &id, result).await?;
             if not_modified(&req, &stored, if_none_match) {
                 return Ok(HttpResponse::NotModified()
                     .insert_header((header::ETAG, format!("W/\"{}\"", stored.version)))
@@ -234,12 +234,8 @@ pub async fn vread(
                 )
             })?;
             scope(&ctx, ty, Perm::Read)?;
-            let stored = state
-                .fhir
-                .vread(ty, id, version)
-                .await
-                .map_err(|e| ctx.error(e))?;
-            must_read(state.fhir.store(), &ctx, ty, &stored.id, &stored.body).await?;
+            let result = state.fhir.vread(ty, id.clone(), version).await;
+            let stored = found(&state.fhir, &ctx, ty, &id, result).await?;
             // Prefer: return= concerns writes; a read always returns the resource.
             let mut ctx = ctx;
             ctx.prefer = None;
@@ -584,6 +580,12 @@ async fn search_in(
         for t in &spec.types {
             scope(&ctx, t, Perm::Search)?;
         }
+        if let Some(g) = &ctx.guard
+            && compartment.is_none()
+        {
+            // (A compartment's owner must be readable first: see below.)
+            g.may_search(&spec.types, &pairs).map_err(|e| ctx.error(e))?;
+        }
         if let Some(auth) = &state.auth
             && spec.types.iter().any(|t| t == "AuditEvent")
         {
@@ -597,8 +599,8 @@ async fn search_in(
                 return Err(ctx.error(Error::NotFound(format!("{owner_ty}/$everything is not an operation of this server (Patient/$everything is)"))));
             }
             // The owner must exist (404 / 410 otherwise), and be the caller's to see.
-            let owner = state.fhir.read(owner_ty, id.clone()).await.map_err(|e| ctx.error(e))?;
-            must_read(state.fhir.store(), &ctx, owner_ty, id, &owner.body).await?;
+            let owner = state.fhir.read(owner_ty, id.clone()).await;
+            found(&state.fhir, &ctx, owner_ty, id, owner).await?;
             crate::fhir::search::within_compartment(&mut spec, owner_ty, id, *everything).map_err(|e| ctx.error(e))?;
             link_path = Some(match ty {
                 Some(t) => format!("{owner_ty}/{id}/{t}"),

@@ -137,16 +137,21 @@ fn bundle_scopes(
             "DELETE" => Perm::Delete,
             _ => continue,
         };
-        g.scope(ty, perm).map_err(|err| Error::Entry {
+        let entry = |err| Error::Entry {
             index: i,
             source: Box::new(err),
-        })?;
+        };
+        g.scope(ty, perm).map_err(entry)?;
+        if perm == Perm::Search {
+            let pairs: Vec<(String, String)> =
+                form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                    .into_owned()
+                    .collect();
+            g.may_search(&[ty.to_string()], &pairs).map_err(entry)?;
+        }
         // A conditional write searches as well.
         if query.is_some() && perm != Perm::Search {
-            g.scope(ty, Perm::Search).map_err(|err| Error::Entry {
-                index: i,
-                source: Box::new(err),
-            })?;
+            g.scope(ty, Perm::Search).map_err(entry)?;
         }
     }
     Ok(())

@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod password;
+pub mod ratelimit;
 pub mod policy;
 pub mod scopes;
 pub mod service;

@@ -179,6 +179,11 @@ impl Guard {
 
     /// Whether the token's scopes allow `perm` on `ty` (403 otherwise).
     pub fn scope(&self, ty: &str, perm: Perm) -> Result<()> {
+        if ty == "AuditEvent" && matches!(perm, Perm::Create | Perm::Update | Perm::Delete) {
+            return Err(Error::Forbidden(
+                "AuditEvents are written by the server alone and are never changed".into(),
+            ));
+        }
         if self
             .principal
             .scopes
@@ -192,6 +197,23 @@ impl Guard {
                 self.principal.scopes
             )))
         }
+    }
+
+    /// Whether the principal may run a search of these types with these parameters at all: a
+    /// pharmacist finds a prescription by its code, and never lists prescriptions.
+    pub fn may_search(&self, types: &[String], params: &[(String, String)]) -> Result<()> {
+        if self.principal.role == Role::Pharmacist
+            && (types.is_empty() || types.iter().any(|t| t == "MedicationRequest"))
+            && !params
+                .iter()
+                .any(|(k, v)| (k == "identifier" || k == "_id") && !v.is_empty())
+        {
+            return Err(Error::Forbidden(
+                "a pharmacist looks a prescription up by its code: MedicationRequest?identifier=[code]"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Whether the principal may read this version (by its body). Readers of what they may not
@@ -284,7 +306,13 @@ impl Guard {
                             .map(|(_, _, c)| c)
                     });
                 if let Some(consent) = withheld {
-                    self.state().consents.insert(consent.clone());
+                    let mut st = self.state();
+                    st.consents.insert(consent.clone());
+                    if self.breaks_glass() {
+                        // An emergency overrides the patient's withholding: flagged.
+                        st.break_glass_used = true;
+                        continue;
+                    }
                     return Ok(false);
                 }
             }
@@ -294,6 +322,11 @@ impl Guard {
             st.patients.insert(patient);
         }
         Ok(true)
+    }
+
+    /// Whether the request is a practitioner's break-glass (an emergency, with a reason).
+    fn breaks_glass(&self) -> bool {
+        self.principal.role == Role::Practitioner && self.principal.break_glass.is_some()
     }
 
     /// What the patient's record allows the principal's organization. `fresh` asks again
@@ -335,10 +368,7 @@ impl Guard {
             d.allowed = denied_all.is_none() && (cares || permit.is_some());
             d.consents.extend(denied_all.into_iter().chain(permit));
         }
-        if !d.allowed
-            && self.principal.role == Role::Practitioner
-            && self.principal.break_glass.is_some()
-        {
+        if !d.allowed && self.breaks_glass() {
             d.allowed = true;
             d.break_glass = true;
         }
@@ -433,7 +463,10 @@ impl Guard {
                             }
                         ));
                     }
-                    if !d.break_glass && d.deny_types.iter().any(|(t, _)| t == ty) {
+                    if !d.break_glass
+                        && !self.breaks_glass()
+                        && d.deny_types.iter().any(|(t, _)| t == ty)
+                    {
                         return refuse(format!(
                             "Patient/{patient}'s consent withholds {ty} from this organization"
                         ));
@@ -524,9 +557,16 @@ impl Gate for Guard {
             return Ok(());
         };
         if !self.may_read_value(s, ty, &value)? {
-            return Err(Error::NotFound(format!("{ty}/{id} is not known")));
+            return Err(Error::NotFound(format!("no {ty} with this id is known to this caller")));
         }
         self.may_write(s, ty, &value, false)
+    }
+
+    fn sees(&self, s: &mut Session<'_>, ty: &str, id: &str) -> Result<bool> {
+        match s.current(ty, id)? {
+            Some(current) if !current.deleted => self.may_read(s, ty, &current.body),
+            _ => Ok(true),
+        }
     }
 
     fn after_write(&self, s: &mut Session<'_>, written: &[Change<'_>]) -> Result<()> {

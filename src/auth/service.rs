@@ -381,9 +381,11 @@ impl Tokens {
                                 })
                                 .await?;
                             if !fresh {
+                                // RFC 7523 §3.2: an assertion that is not valid (here:
+                                // replayed) fails client authentication.
                                 return Err(GrantError::new(
-                                    400,
-                                    "invalid_grant",
+                                    401,
+                                    "invalid_client",
                                     "the client assertion was used before",
                                 ));
                             }

@@ -72,6 +72,26 @@ pub trait Gate: Send + Sync {
     /// Bundle counts): may these versions stand? `created` is false for a conditional create that
     /// found an existing resource (which the response would reveal).
     fn after_write(&self, s: &mut Session<'_>, written: &[Change<'_>]) -> Result<()>;
+    /// Whether the caller may see `ty/id` at all: a conditional update or delete treats what
+    /// they may not see as absent, so that its answer says nothing about it.
+    fn sees(&self, s: &mut Session<'_>, ty: &str, id: &str) -> Result<bool>;
+}
+
+/// The matches of a conditional update or delete the caller may see (all without a gate).
+fn visible_matches(
+    gate: Option<&dyn Gate>,
+    s: &mut Session<'_>,
+    ty: &str,
+    ids: Vec<String>,
+) -> Result<Vec<String>> {
+    let Some(g) = gate else { return Ok(ids) };
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if g.sees(s, ty, &id)? {
+            out.push(id);
+        }
+    }
+    Ok(out)
 }
 
 /// A version a [`Gate`] is asked about.
@@ -251,6 +271,7 @@ impl Fhir {
             self.store.write(move |s| {
                 s.lock_condition(condition.lock_key(ty))?;
                 let ids = condition.matches(s, ty, 2)?;
+                let ids = visible_matches(gate.as_deref(), s, ty, ids)?;
                 let body_id = value.get("id").and_then(Value::as_str).map(str::to_string);
                 let id = match (ids.as_slice(), body_id) {
                     ([], Some(b)) => b,
@@ -330,6 +351,7 @@ impl Fhir {
             let (condition, gate) = (condition.clone(), self.gate.clone());
             self.store.write(move |s| {
                 let ids = condition.matches(s, ty, 2)?;
+                let ids = visible_matches(gate.as_deref(), s, ty, ids)?;
                 match ids.as_slice() {
                     [] => Ok(None),
                     [one] => {

@@ -8,13 +8,13 @@ use crate::helpers::{Resp, TestApp, patient};
 use yba::auth::Role;
 use yba::auth::service::{self, NewClient, NewUser};
 
-const PW: &str = "correct horse battery staple";
-const CCCD_A: &str = "001090000501";
-const CCCD_B: &str = "079090000502";
+pub(crate) const PW: &str = "correct horse battery staple";
+pub(crate) const CCCD_A: &str = "001090000501";
+pub(crate) const CCCD_B: &str = "079090000502";
 /// B's ids: no response to A may contain them.
-const PB: &str = "bbbb-patient";
-const OB: &str = "bbbb-observation";
-const CLIENT_SECRET: &str = "a-long-client-secret-of-the-his-at-org-a";
+pub(crate) const PB: &str = "bbbb-patient";
+pub(crate) const OB: &str = "bbbb-observation";
+pub(crate) const CLIENT_SECRET: &str = "a-long-client-secret-of-the-his-at-org-a";
 
 crate::on_both_databases!(@with crate::helpers::with_auth;
     idor_sweep_finds_nothing_of_another_patient,
@@ -27,7 +27,7 @@ crate::on_both_databases!(@with crate::helpers::with_auth;
 );
 
 /// Two patients, one hospital caring for A, accounts and a client.
-async fn world(app: &TestApp) {
+pub(crate) async fn world(app: &TestApp) {
     let store = app.store.clone().expect("in-process server");
     let fhir = yba::fhir::Fhir::new(store.clone(), Default::default());
     let put = |ty: &'static str, id: &str, v: Value| {
@@ -64,6 +64,12 @@ async fn world(app: &TestApp) {
         "subject": {"reference": format!("Patient/{PB}")}, "serviceProvider": {"reference": "Organization/org-b"}})).await;
     put("Observation", "oa", observation("oa", "pa")).await;
     put("Observation", OB, observation(OB, PB)).await;
+    for (id, patient, code) in [("mra", "pa", "RX-A"), ("bbbb-medreq", PB, "RX-B")] {
+        put("MedicationRequest", id, json!({"resourceType": "MedicationRequest", "id": id,
+            "identifier": [{"system": "https://donthuocquocgia.vn/prescription", "value": code}],
+            "status": "active", "intent": "order", "medicationCodeableConcept": {"text": "Amlodipin 5mg"},
+            "subject": {"reference": format!("Patient/{patient}")}})).await;
+    }
     let users = [
         (CCCD_A, Role::Patient, Some("Patient/pa"), None),
         (CCCD_B, Role::Patient, Some("Patient/bbbb-patient"), None),
@@ -74,6 +80,12 @@ async fn world(app: &TestApp) {
             Some("Organization/org-a"),
         ),
         ("admin1", Role::Admin, None, None),
+        (
+            "ds.chi",
+            Role::Pharmacist,
+            Some("Practitioner/ds-chi"),
+            Some("Organization/pharmacy-c"),
+        ),
     ];
     for (u, role, fu, org) in users {
         service::create_user(
@@ -104,14 +116,14 @@ async fn world(app: &TestApp) {
     .expect("client created");
 }
 
-fn observation(id: &str, patient: &str) -> Value {
+pub(crate) fn observation(id: &str, patient: &str) -> Value {
     json!({"resourceType": "Observation", "id": id, "status": "final",
         "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
         "subject": {"reference": format!("Patient/{patient}")},
         "valueQuantity": {"value": 72, "unit": "/min"}})
 }
 
-async fn token_request(app: &TestApp, form: &[(&str, &str)]) -> Resp {
+pub(crate) async fn token_request(app: &TestApp, form: &[(&str, &str)]) -> Resp {
     let body: String = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(form)
         .finish();
@@ -123,7 +135,7 @@ async fn token_request(app: &TestApp, form: &[(&str, &str)]) -> Resp {
     .await
 }
 
-async fn login(app: &TestApp, username: &str, scope: &str) -> Value {
+pub(crate) async fn login(app: &TestApp, username: &str, scope: &str) -> Value {
     let r = token_request(
         app,
         &[
@@ -138,7 +150,7 @@ async fn login(app: &TestApp, username: &str, scope: &str) -> Value {
     r.json()
 }
 
-async fn as_user(
+pub(crate) async fn as_user(
     app: &TestApp,
     token: &str,
     method: Method,
@@ -166,12 +178,12 @@ fn reveals_b(body: &str, asked: &str) -> bool {
         });
     }
     let body = &v.to_string();
-    [PB, OB, CCCD_B, "bbbb-encounter", "Bùi", "B%C3%B9i"]
+    [PB, OB, CCCD_B, "bbbb-encounter", "Bùi", "B%C3%B9i", "RX-B", "bbbb-medreq"]
         .iter()
         .any(|secret| body.contains(secret) && !asked.contains(secret))
 }
 
-fn ids_in_bundle(v: &Value) -> Vec<String> {
+pub(crate) fn ids_in_bundle(v: &Value) -> Vec<String> {
     v["entry"]
         .as_array()
         .map(|a| {
