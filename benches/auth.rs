@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Conn, Stats, rss_kb, run_as};
+use common::{Conn, Stats, anon_kb, rss_kb, run_as};
 
 use diesel::{Connection, RunQueryDsl};
 use serde_json::{Value, json};
@@ -122,6 +122,7 @@ struct Run {
     audit_final: i64,
     idle_rss: u64,
     busy_rss: u64,
+    busy_anon: u64,
 }
 
 /// One server, seeded, then every phase. `auth` selects the shipped configuration.
@@ -162,6 +163,8 @@ fn one_server(a: &Args, auth: bool, server_url: &str) -> Run {
             "bench:YmVuY2gta2V5LW9mLWF0LWxlYXN0LTMyLWJ5dGVzLWxvbmctLS0tLS0=",
         )
         .env("YBA_ACCESS_TOKEN_TTL", "3600")
+        // One token drives all the load here: the per-caller limit would measure itself.
+        .env("YBA_RATE_LIMIT", "0")
         .env("RUST_LOG", "warn")
         .spawn()
         .expect("yba starts");
@@ -200,14 +203,22 @@ fn one_server(a: &Args, auth: bool, server_url: &str) -> Run {
         let mut ids = Vec::new();
         for i in 0..a.patients as u64 {
             let (s, body) = conn
-                .call("POST", "/fhir/Patient", Some(patient(i).to_string().as_bytes()))
+                .call(
+                    "POST",
+                    "/fhir/Patient",
+                    Some(patient(i).to_string().as_bytes()),
+                )
                 .await;
             assert_eq!(s, 201, "{}", String::from_utf8_lossy(&body));
             let v: Value = serde_json::from_slice(&body).unwrap();
             let id = v["id"].as_str().unwrap().to_string();
             for k in 0..5 {
                 let (s, body) = conn
-                    .call("POST", "/fhir/Observation", Some(observation(&id, k).to_string().as_bytes()))
+                    .call(
+                        "POST",
+                        "/fhir/Observation",
+                        Some(observation(&id, k).to_string().as_bytes()),
+                    )
                     .await;
                 assert_eq!(s, 201, "{}", String::from_utf8_lossy(&body));
             }
@@ -216,17 +227,34 @@ fn one_server(a: &Args, auth: bool, server_url: &str) -> Run {
         // One of them signs in as a patient.
         let me = ids[0].clone();
         let patient_token = if auth {
-            let cccd = patient(0)["identifier"][0]["value"].as_str().unwrap().to_string();
+            let cccd = patient(0)["identifier"][0]["value"]
+                .as_str()
+                .unwrap()
+                .to_string();
             let fhir_user = format!("Patient/{me}");
             let _ = cli(
                 server_url,
-                &["user", "create", "--username", &cccd, "--role", "patient", "--fhir-user", &fhir_user],
+                &[
+                    "user",
+                    "create",
+                    "--username",
+                    &cccd,
+                    "--role",
+                    "patient",
+                    "--fhir-user",
+                    &fhir_user,
+                ],
             );
             let mut c = Conn::open(&addr).await;
             Some(
                 token(
                     &mut c,
-                    &[("grant_type", "password"), ("username", &cccd), ("password", PASSWORD), ("scope", "patient/*.rs")],
+                    &[
+                        ("grant_type", "password"),
+                        ("username", &cccd),
+                        ("password", PASSWORD),
+                        ("scope", "patient/*.rs"),
+                    ],
                 )
                 .await,
             )
@@ -240,46 +268,108 @@ fn one_server(a: &Args, auth: bool, server_url: &str) -> Run {
         let mut results = Vec::new();
         let read_ids = ids.clone();
         results.push(
-            run_as(&format!("read Patient/id ({who})"), &addr, sys, clients, secs, move |_, rng| {
-                ("GET", format!("/fhir/Patient/{}", read_ids[rng.below(read_ids.len())]), None, 200)
-            })
+            run_as(
+                &format!("read Patient/id ({who})"),
+                &addr,
+                sys,
+                clients,
+                secs,
+                move |_, rng| {
+                    (
+                        "GET",
+                        format!("/fhir/Patient/{}", read_ids[rng.below(read_ids.len())]),
+                        None,
+                        200,
+                    )
+                },
+            )
             .await,
         );
         let search_ids = ids.clone();
         results.push(
-            run_as(&format!("search Observation?patient= (5 hits, {who})"), &addr, sys, clients, secs, move |_, rng| {
-                ("GET", format!("/fhir/Observation?patient={}", search_ids[rng.below(search_ids.len())]), None, 200)
-            })
+            run_as(
+                &format!("search Observation?patient= (5 hits, {who})"),
+                &addr,
+                sys,
+                clients,
+                secs,
+                move |_, rng| {
+                    (
+                        "GET",
+                        format!(
+                            "/fhir/Observation?patient={}",
+                            search_ids[rng.below(search_ids.len())]
+                        ),
+                        None,
+                        200,
+                    )
+                },
+            )
             .await,
         );
         let write_ids = ids.clone();
         results.push(
-            run_as(&format!("create Observation ({who})"), &addr, sys, clients, secs, move |_, rng| {
-                let i = rng.below(write_ids.len());
-                ("POST", "/fhir/Observation".into(), Some(observation(&write_ids[i], i).to_string().into_bytes()), 201)
-            })
+            run_as(
+                &format!("create Observation ({who})"),
+                &addr,
+                sys,
+                clients,
+                secs,
+                move |_, rng| {
+                    let i = rng.below(write_ids.len());
+                    (
+                        "POST",
+                        "/fhir/Observation".into(),
+                        Some(observation(&write_ids[i], i).to_string().into_bytes()),
+                        201,
+                    )
+                },
+            )
             .await,
         );
         let me_read = me.clone();
         let pat = patient_token.as_deref().or(sys);
-        let pwho = if auth { "patient, own record" } else { "auth off" };
+        let pwho = if auth {
+            "patient, own record"
+        } else {
+            "auth off"
+        };
         results.push(
-            run_as(&format!("read own Patient ({pwho})"), &addr, pat, clients, secs, move |_, _| {
-                ("GET", format!("/fhir/Patient/{me_read}"), None, 200)
-            })
+            run_as(
+                &format!("read own Patient ({pwho})"),
+                &addr,
+                pat,
+                clients,
+                secs,
+                move |_, _| ("GET", format!("/fhir/Patient/{me_read}"), None, 200),
+            )
             .await,
         );
-        let path = if auth { "/fhir/Observation".to_string() } else { format!("/fhir/Observation?patient={me}") };
+        let path = if auth {
+            "/fhir/Observation".to_string()
+        } else {
+            format!("/fhir/Observation?patient={me}")
+        };
         results.push(
-            run_as(&format!("search own Observations ({pwho})"), &addr, pat, clients, secs, move |_, _| {
-                ("GET", path.clone(), None, 200)
-            })
+            run_as(
+                &format!("search own Observations ({pwho})"),
+                &addr,
+                pat,
+                clients,
+                secs,
+                move |_, _| ("GET", path.clone(), None, 200),
+            )
             .await,
         );
         if auth {
             // Token issue: the client's secret is an argon2id hash, so each grant costs one.
             let body: String = form_urlencoded::Serializer::new(String::new())
-                .extend_pairs([("grant_type", "client_credentials"), ("client_id", "bench-his"), ("client_secret", secret.as_str()), ("scope", "system/*.rs")])
+                .extend_pairs([
+                    ("grant_type", "client_credentials"),
+                    ("client_id", "bench-his"),
+                    ("client_secret", secret.as_str()),
+                    ("scope", "system/*.rs"),
+                ])
                 .finish();
             let start = Instant::now();
             let deadline = start + Duration::from_secs(secs.min(5));
@@ -291,7 +381,14 @@ fn one_server(a: &Args, auth: bool, server_url: &str) -> Run {
                     let mut lat = Vec::new();
                     while Instant::now() < deadline {
                         let t = Instant::now();
-                        let (s, _) = c.send("POST", "/auth/token", "application/x-www-form-urlencoded", Some(body.as_bytes())).await;
+                        let (s, _) = c
+                            .send(
+                                "POST",
+                                "/auth/token",
+                                "application/x-www-form-urlencoded",
+                                Some(body.as_bytes()),
+                            )
+                            .await;
                         assert_eq!(s, 200);
                         lat.push(t.elapsed().as_micros() as u64);
                     }
@@ -302,11 +399,18 @@ fn one_server(a: &Args, auth: bool, server_url: &str) -> Run {
             for t in tasks {
                 lat.extend(t.await.unwrap());
             }
-            results.push(Stats { label: "token (client_credentials, secret), 4 clients".into(), n: lat.len(), errors: 0, elapsed: start.elapsed(), lat_us: lat });
+            results.push(Stats {
+                label: "token (client_credentials, secret), 4 clients".into(),
+                n: lat.len(),
+                errors: 0,
+                elapsed: start.elapsed(),
+                lat_us: lat,
+            });
         }
         let requests: usize = results.iter().map(|s| s.n).sum();
         let audit_at_end = audit_count(server_url);
         let busy_rss = rss_kb(server.id());
+        let busy_anon = anon_kb(server.id());
         // How long until the trail has caught up with everything asked of the server.
         let waited = Instant::now();
         let mut audit_final = audit_at_end;
@@ -323,7 +427,16 @@ fn one_server(a: &Args, auth: bool, server_url: &str) -> Run {
                 }
             }
         }
-        Run { results, requests, audit_at_end, audit_lag: waited.elapsed().saturating_sub(Duration::from_millis(200)), audit_final, idle_rss, busy_rss }
+        Run {
+            results,
+            requests,
+            audit_at_end,
+            audit_lag: waited.elapsed().saturating_sub(Duration::from_millis(200)),
+            audit_final,
+            idle_rss,
+            busy_rss,
+            busy_anon,
+        }
     });
     let _ = server.kill();
     let _ = server.wait();
@@ -348,7 +461,10 @@ fn main() {
                 .unwrap();
             format!("{pg}?options=-csearch_path%3D{}", schemas[i])
         } else {
-            format!("sqlite://{}", dir.path().join(format!("yba{i}.db")).display())
+            format!(
+                "sqlite://{}",
+                dir.path().join(format!("yba{i}.db")).display()
+            )
         }
     };
     let off = one_server(&a, false, &url(0));
@@ -364,9 +480,23 @@ fn main() {
     println!("|---|---:|---:|---:|---:|---:|");
     for r in [&off, &on] {
         for s in &r.results {
-            let mut s = Stats { label: s.label.clone(), n: s.n, errors: s.errors, elapsed: s.elapsed, lat_us: s.lat_us.clone() };
+            let mut s = Stats {
+                label: s.label.clone(),
+                n: s.n,
+                errors: s.errors,
+                elapsed: s.elapsed,
+                lat_us: s.lat_us.clone(),
+            };
             let (p50, p99) = (s.pct(0.50), s.pct(0.99));
-            println!("| {} | {} | {:.0} | {:.2} | {:.2} | {} |", s.label, s.n, s.rate(), p50, p99, s.errors);
+            println!(
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {} |",
+                s.label,
+                s.n,
+                s.rate(),
+                p50,
+                p99,
+                s.errors
+            );
         }
     }
     println!();
@@ -378,11 +508,13 @@ fn main() {
         on.audit_final
     );
     println!(
-        "server RSS: auth off idle {:.1} MB, after {:.1} MB; auth on idle {:.1} MB, after {:.1} MB",
+        "server RSS: auth off idle {:.1} MB, after {:.1} MB (own memory {:.1} MB); auth on idle {:.1} MB, after {:.1} MB (own memory {:.1} MB)",
         off.idle_rss as f64 / 1024.0,
         off.busy_rss as f64 / 1024.0,
+        off.busy_anon as f64 / 1024.0,
         on.idle_rss as f64 / 1024.0,
-        on.busy_rss as f64 / 1024.0
+        on.busy_rss as f64 / 1024.0,
+        on.busy_anon as f64 / 1024.0
     );
     if postgres && let Ok(mut c) = diesel::PgConnection::establish(&pg) {
         for s in &schemas {

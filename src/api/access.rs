@@ -11,8 +11,8 @@ use serde_json::Value;
 use super::Interaction;
 use super::error::ApiError;
 use super::negotiate::Ctx;
-use crate::auth::audit::{Audit, Record};
 use crate::auth::Principal;
+use crate::auth::audit::{Audit, Record};
 use crate::auth::policy::Guard;
 use crate::auth::ratelimit::RateLimit;
 use crate::auth::scopes::Perm;
@@ -61,7 +61,6 @@ impl AuthState {
             l.take(&format!("user:{}", p.subject))
         }
     }
-
 
     /// The caller's network address.
     pub fn address(&self, req: &HttpRequest) -> Option<String> {
@@ -120,7 +119,7 @@ impl AuthState {
     }
 
     /// Records what a FHIR request did.
-    pub fn record(
+    pub async fn record(
         &self,
         req: &HttpRequest,
         interaction: Interaction,
@@ -133,20 +132,22 @@ impl AuthState {
         let query = (interaction == Interaction::Search)
             .then(|| req.query_string())
             .filter(|q| !q.is_empty());
-        self.audit.record(&Record {
-            action: action_of(interaction),
-            interaction: interaction.name(),
-            principal: guard.map(|g| &g.principal),
-            attempted: None,
-            status,
-            detail,
-            patients: &touched.patients,
-            resources: &touched.resources,
-            query,
-            consents: &touched.consents,
-            break_glass: touched.break_glass,
-            address: address.as_deref(),
-        });
+        self.audit
+            .record(&Record {
+                action: action_of(interaction),
+                interaction: interaction.name(),
+                principal: guard.map(|g| &g.principal),
+                attempted: None,
+                status,
+                detail,
+                patients: &touched.patients,
+                resources: &touched.resources,
+                query,
+                consents: &touched.consents,
+                break_glass: touched.break_glass,
+                address: address.as_deref(),
+            })
+            .await;
     }
 }
 

@@ -138,7 +138,8 @@ impl AppState {
                                 Some(&guard),
                                 r.status().as_u16(),
                                 detail,
-                            );
+                            )
+                            .await;
                             r
                         }
                         Err(e) => {
@@ -148,7 +149,8 @@ impl AppState {
                                 None,
                                 401,
                                 e.issues.first().map(|i| i.diagnostics.clone()),
-                            );
+                            )
+                            .await;
                             let mut r = actix_web::ResponseError::error_response(&e);
                             r.headers_mut().insert(
                                 actix_web::http::header::WWW_AUTHENTICATE,

@@ -160,20 +160,22 @@ pub async fn token(req: HttpRequest, body: web::Bytes, state: web::Data<AppState
         Ok(i) => (200, None, i.principal.as_ref()),
         Err(e) => (e.status, Some(e.description.clone()), None),
     };
-    auth.audit.record(&Record {
-        action: "E",
-        interaction,
-        principal,
-        attempted: if principal.is_none() {
-            attempted.as_deref()
-        } else {
-            None
-        },
-        status,
-        detail,
-        address: Some(&address),
-        ..Default::default()
-    });
+    auth.audit
+        .record(&Record {
+            action: "E",
+            interaction,
+            principal,
+            attempted: if principal.is_none() {
+                attempted.as_deref()
+            } else {
+                None
+            },
+            status,
+            detail,
+            address: Some(&address),
+            ..Default::default()
+        })
+        .await;
     match result {
         Ok(issued) => issued_response(&issued),
         Err(e) => oauth_error(&e),

@@ -402,7 +402,12 @@ async fn patient_param(
     )
     .await
     .map_err(|e| ctx.error(e))?;
-    let found: Vec<_> = found.into_iter().zip(seen).filter(|(_, ok)| *ok).map(|(p, _)| p).collect();
+    let found: Vec<_> = found
+        .into_iter()
+        .zip(seen)
+        .filter(|(_, ok)| *ok)
+        .map(|(p, _)| p)
+        .collect();
     match found.as_slice() {
         [one] => Ok(one.id.clone()),
         [] => Err(ctx.error(Error::NotFound(format!(

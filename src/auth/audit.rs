@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::Principal;
 use crate::fhir::datetime::{format_instant, now_millis};
-use crate::fhir::interactions::{new_id, prepare};
+use crate::fhir::interactions::{new_id, prepare_own};
 use crate::store::{Method, NewVersion, Store};
 
 const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
@@ -224,17 +224,21 @@ enum Msg {
 /// The handle requests record events through.
 #[derive(Clone)]
 pub struct Audit {
-    tx: tokio::sync::mpsc::UnboundedSender<Msg>,
+    tx: tokio::sync::mpsc::Sender<Msg>,
 }
 
 /// Events written per database transaction at most.
 const BATCH: usize = 256;
+/// Events waiting to be written at most. When the writer falls this far behind, requests wait
+/// for it: every access is recorded, and a backlog neither grows without bound in memory nor
+/// leaves more than this many events unwritten at a crash.
+const QUEUE: usize = 4 * BATCH;
 
 impl Audit {
     /// Starts the writer thread; it stops when every handle is dropped, after writing what is
     /// queued.
     pub fn start(store: Store) -> std::io::Result<(Audit, std::thread::JoinHandle<()>)> {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Msg>();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(QUEUE);
         let handle = std::thread::Builder::new()
             .name("yba-audit".into())
             .spawn(move || {
@@ -274,9 +278,10 @@ impl Audit {
         Ok((Audit { tx }, handle))
     }
 
-    /// Queues an event.
-    pub fn record(&self, r: &Record<'_>) {
-        if self.tx.send(Msg::Event(r.to_value())).is_err() {
+    /// Queues an event, waiting while the queue is full.
+    pub async fn record(&self, r: &Record<'_>) {
+        let event = r.to_value();
+        if self.tx.send(Msg::Event(event)).await.is_err() {
             tracing::error!("the audit writer has stopped: an audit event was not recorded");
         }
     }
@@ -284,7 +289,7 @@ impl Audit {
     /// Waits until every event queued before now is stored.
     pub async fn flush(&self) {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.tx.send(Msg::Flush(tx)).is_ok() {
+        if self.tx.send(Msg::Flush(tx)).await.is_ok() {
             let _ = rx.await;
         }
     }
@@ -297,7 +302,7 @@ async fn write(store: &Store, events: Vec<Value>) {
     let mut prepared = Vec::with_capacity(events.len());
     for ev in events {
         let id = new_id();
-        match prepare(ev, "AuditEvent", &id, 1, now, "AuditEvent") {
+        match prepare_own(ev, "AuditEvent", &id, now) {
             Ok((body, rows)) => prepared.push((id, body, rows)),
             Err(_) => tracing::error!("an audit event could not be prepared"),
         }
@@ -347,4 +352,69 @@ async fn write(store: &Store, events: Vec<Value>) {
         count = prepared.len(),
         "audit events were lost after five attempts"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::scopes::Scopes;
+    use crate::auth::{Principal, Role};
+
+    /// The events are stored without going through the R4 model on each write: every shape of
+    /// them must fit it.
+    #[test]
+    fn every_kind_of_event_fits_the_r4_model() {
+        let principal = Principal {
+            role: Role::Practitioner,
+            subject: "dr.an".into(),
+            client_id: "yba-app".into(),
+            fhir_user: Some("Practitioner/dr-an".into()),
+            organization: Some("Organization/org-a".into()),
+            patient: None,
+            scopes: Scopes::parse("user/*.rs"),
+            sid: "s1".into(),
+            break_glass: Some("unconscious".into()),
+            address: Some("10.0.0.1".into()),
+        };
+        let patients = vec!["pa".to_string()];
+        let resources = vec!["Observation/oa".to_string()];
+        let consents = vec!["Consent/c1".to_string()];
+        let records = [
+            Record {
+                action: "R",
+                interaction: "read",
+                principal: Some(&principal),
+                status: 200,
+                patients: &patients,
+                resources: &resources,
+                consents: &consents,
+                break_glass: true,
+                address: Some("10.0.0.1"),
+                ..Default::default()
+            },
+            Record {
+                action: "E",
+                interaction: "search-type",
+                principal: Some(&principal),
+                status: 403,
+                detail: Some("refused".into()),
+                query: Some("Observation?patient=pa"),
+                ..Default::default()
+            },
+            Record {
+                action: "E",
+                interaction: "login",
+                attempted: Some("admin1"),
+                status: 400,
+                ..Default::default()
+            },
+        ];
+        for r in &records {
+            let (body, rows) = prepare_own(r.to_value(), "AuditEvent", "a1", 0).unwrap();
+            let v: Value = serde_json::from_str(&body).unwrap();
+            crate::fhir::format::to_stored_json(v, "AuditEvent")
+                .unwrap_or_else(|e| panic!("{} does not fit R4: {e:?}", r.interaction));
+            assert!(!rows.dates.is_empty(), "indexed by date");
+        }
+    }
 }

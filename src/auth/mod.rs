@@ -11,8 +11,8 @@
 
 pub mod audit;
 pub mod password;
-pub mod ratelimit;
 pub mod policy;
+pub mod ratelimit;
 pub mod scopes;
 pub mod service;
 pub mod throttle;

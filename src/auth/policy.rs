@@ -557,7 +557,9 @@ impl Gate for Guard {
             return Ok(());
         };
         if !self.may_read_value(s, ty, &value)? {
-            return Err(Error::NotFound(format!("no {ty} with this id is known to this caller")));
+            return Err(Error::NotFound(format!(
+                "no {ty} with this id is known to this caller"
+            )));
         }
         self.may_write(s, ty, &value, false)
     }

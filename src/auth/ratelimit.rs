@@ -50,8 +50,7 @@ impl RateLimit {
             tokens: self.burst,
             at: now,
         });
-        b.tokens =
-            (b.tokens + now.duration_since(b.at).as_secs_f64() * self.rate).min(self.burst);
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * self.rate).min(self.burst);
         b.at = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;

@@ -774,7 +774,8 @@ fn delete_entry(
         Target::Instance(_, id) => delete(s, id)?,
         Target::Query(_, q) => {
             let c = Condition::parse(q)?;
-            match c.matches(s, ty, 2)?.as_slice() {
+            let ids = c.matches(s, ty, 2)?;
+            match super::interactions::visible_matches(gate, s, ty, ids)?.as_slice() {
                 [] => None,
                 [one] => delete(s, one)?,
                 _ => {

@@ -284,16 +284,30 @@ impl Session<'_> {
     /// care team or referral between them.
     pub fn cares_for(&mut self, patient_id: &str, organization: &str) -> Result<bool> {
         let patient = format!("Patient/{patient_id}");
-        let mut sql = String::from(
-            "SELECT CAST(1 AS BIGINT) AS one FROM resource_version rv JOIN ix_reference o ON o.resource_pk = rv.pk \
-             WHERE rv.res_type = 'Patient' AND rv.res_id = $1 AND rv.is_current AND NOT rv.deleted \
-             AND o.param IN ('organization', 'general-practitioner') AND o.target = $2",
-        );
-        for (ty, p, o) in CARE_LINKS {
+        // Each branch starts from the patient (their own record, or the references to them)
+        // and only then asks, resource by resource, whether the organization is named there: an
+        // organization is referred to by every record it holds, a patient by their own only.
+        // The check is a scalar subquery with LIMIT 1 so that no planner turns it into a join
+        // walking all of a hospital's references (PostgreSQL without statistics did: 560 ms
+        // against 0.07 ms at 300,000 encounters).
+        let mut sql = String::new();
+        for param in ["organization", "general-practitioner"] {
             sql.push_str(&format!(
-                " UNION ALL SELECT CAST(1 AS BIGINT) AS one FROM ix_reference p JOIN ix_reference o ON o.resource_pk = p.resource_pk \
-                 WHERE p.target = $3 AND p.res_type = '{ty}' AND p.param = '{p}' \
-                 AND o.target = $2 AND o.param = '{o}'"
+                "SELECT CAST(1 AS BIGINT) AS one FROM resource_version rv \
+                 WHERE rv.res_type = 'Patient' AND rv.res_id = $1 AND rv.is_current AND NOT rv.deleted \
+                 AND (SELECT 1 FROM ix_reference o WHERE o.res_type = 'Patient' AND o.param = '{param}' \
+                 AND o.target = $2 AND o.resource_pk = rv.pk LIMIT 1) IS NOT NULL UNION ALL "
+            ));
+        }
+        for (i, (ty, p, o)) in CARE_LINKS.iter().enumerate() {
+            if i > 0 {
+                sql.push_str(" UNION ALL ");
+            }
+            sql.push_str(&format!(
+                "SELECT CAST(1 AS BIGINT) AS one FROM ix_reference p \
+                 WHERE p.res_type = '{ty}' AND p.param = '{p}' AND p.target = $3 \
+                 AND (SELECT 1 FROM ix_reference o WHERE o.res_type = '{ty}' AND o.param = '{o}' \
+                 AND o.target = $2 AND o.resource_pk = p.resource_pk LIMIT 1) IS NOT NULL"
             ));
         }
         sql.push_str(" LIMIT 1");

@@ -6,8 +6,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::auth::{
-    CCCD_A, CLIENT_SECRET, OB, PB, as_user, ids_in_bundle, login, observation, token_request,
-    world,
+    CCCD_A, CLIENT_SECRET, OB, PB, as_user, ids_in_bundle, login, observation, token_request, world,
 };
 use crate::helpers::{TestApp, patient};
 use yba::auth::service::{self, NewClient};
@@ -108,9 +107,7 @@ fn row(method: Method, path: impl Into<String>, body: Option<Value>, want: [u16;
 
 fn match_count(v: &Value) -> usize {
     v["entry"].as_array().map_or(0, |a| {
-        a.iter()
-            .filter(|e| e["search"]["mode"] == "match")
-            .count()
+        a.iter().filter(|e| e["search"]["mode"] == "match").count()
     })
 }
 
@@ -125,9 +122,7 @@ async fn every_role_gets_what_the_policy_says(app: TestApp) {
     }
     let c = Callers::of(&app).await;
     let patch = json!([{"op": "replace", "path": "/valueQuantity/value", "value": 80}]);
-    let value_set = |n: u32| {
-        json!({"resourceType": "ValueSet", "status": "draft", "url": format!("https://yba.example/vs/{n}")})
-    };
+    let value_set = |n: u32| json!({"resourceType": "ValueSet", "status": "draft", "url": format!("https://yba.example/vs/{n}")});
     let org = json!({"resourceType": "Organization", "name": "Trạm y tế xã"});
     let dispense = json!({"resourceType": "MedicationDispense", "status": "completed",
         "medicationCodeableConcept": {"text": "Amlodipin 5mg"},
@@ -140,37 +135,152 @@ async fn every_role_gets_what_the_policy_says(app: TestApp) {
         // Reads of own and other records.
         row(Method::GET, "Patient/pa", None, [200, 200, 404, 404, 200]),
         row(Method::GET, format!("Patient/{PB}"), None, [404; 5]),
-        row(Method::GET, "Observation/oa", None, [200, 200, 404, 404, 200]),
+        row(
+            Method::GET,
+            "Observation/oa",
+            None,
+            [200, 200, 404, 404, 200],
+        ),
         row(Method::GET, format!("Observation/{OB}"), None, [404; 5]),
-        row(Method::GET, "Observation/oa/_history/1", None, [200, 200, 404, 404, 200]),
-        row(Method::GET, format!("Observation/{OB}/_history/1"), None, [404; 5]),
-        row(Method::GET, "Observation/oa/_history", None, [200, 200, 404, 404, 200]),
-        row(Method::GET, format!("Observation/{OB}/_history"), None, [404; 5]),
-        row(Method::GET, "Patient/pa/$everything", None, [200, 200, 404, 404, 200]),
-        row(Method::GET, format!("Patient/{PB}/$everything"), None, [404; 5]),
-        row(Method::GET, "Patient/pa/Observation", None, [200, 200, 404, 404, 200]),
+        row(
+            Method::GET,
+            "Observation/oa/_history/1",
+            None,
+            [200, 200, 404, 404, 200],
+        ),
+        row(
+            Method::GET,
+            format!("Observation/{OB}/_history/1"),
+            None,
+            [404; 5],
+        ),
+        row(
+            Method::GET,
+            "Observation/oa/_history",
+            None,
+            [200, 200, 404, 404, 200],
+        ),
+        row(
+            Method::GET,
+            format!("Observation/{OB}/_history"),
+            None,
+            [404; 5],
+        ),
+        row(
+            Method::GET,
+            "Patient/pa/$everything",
+            None,
+            [200, 200, 404, 404, 200],
+        ),
+        row(
+            Method::GET,
+            format!("Patient/{PB}/$everything"),
+            None,
+            [404; 5],
+        ),
+        row(
+            Method::GET,
+            "Patient/pa/Observation",
+            None,
+            [200, 200, 404, 404, 200],
+        ),
         // Writes: a patient writes nothing clinical (their scopes say so first), a pharmacist
         // only dispenses, an administrator no clinical record.
-        row(Method::POST, "Observation", Some(observation("n", "pa")), [403, 201, 403, 403, 201]),
-        row(Method::POST, "Observation", Some(observation("n", PB)), [403; 5]),
-        row(Method::PUT, "Observation/oa", Some(observation("oa", "pa")), [403, 200, 403, 404, 200]),
-        row(Method::PUT, format!("Observation/{OB}"), Some(observation(OB, PB)), [403, 404, 403, 404, 404]),
-        row(Method::PATCH, "Observation/oa", Some(patch.clone()), [403, 200, 403, 404, 200]),
-        row(Method::PATCH, format!("Observation/{OB}"), Some(patch.clone()), [403, 404, 403, 404, 404]),
+        row(
+            Method::POST,
+            "Observation",
+            Some(observation("n", "pa")),
+            [403, 201, 403, 403, 201],
+        ),
+        row(
+            Method::POST,
+            "Observation",
+            Some(observation("n", PB)),
+            [403; 5],
+        ),
+        row(
+            Method::PUT,
+            "Observation/oa",
+            Some(observation("oa", "pa")),
+            [403, 200, 403, 404, 200],
+        ),
+        row(
+            Method::PUT,
+            format!("Observation/{OB}"),
+            Some(observation(OB, PB)),
+            [403, 404, 403, 404, 404],
+        ),
+        row(
+            Method::PATCH,
+            "Observation/oa",
+            Some(patch.clone()),
+            [403, 200, 403, 404, 200],
+        ),
+        row(
+            Method::PATCH,
+            format!("Observation/{OB}"),
+            Some(patch.clone()),
+            [403, 404, 403, 404, 404],
+        ),
         // (Once the practitioner has deleted it, deleting it again is a no-op for anyone: R4's
         // delete is idempotent, and says nothing of what was there.)
-        row(Method::DELETE, "Observation/del-1", None, [403, 204, 403, 204, 204]),
-        row(Method::DELETE, format!("Observation/{OB}"), None, [403, 404, 403, 404, 404]),
+        row(
+            Method::DELETE,
+            "Observation/del-1",
+            None,
+            [403, 204, 403, 204, 204],
+        ),
+        row(
+            Method::DELETE,
+            format!("Observation/{OB}"),
+            None,
+            [403, 404, 403, 404, 404],
+        ),
         // Prescriptions: a pharmacist looks one up by its code, never lists them.
-        row(Method::GET, "MedicationRequest?identifier=RX-B", None, [200, 200, 200, 200, 200]),
-        row(Method::GET, "MedicationRequest", None, [200, 200, 403, 200, 200]),
-        row(Method::GET, "MedicationRequest/mra", None, [200, 200, 200, 404, 200]),
-        row(Method::POST, "MedicationDispense", Some(dispense), [403, 201, 201, 403, 201]),
-        row(Method::POST, "MedicationRequest", Some(med_request), [403, 201, 403, 403, 201]),
+        row(
+            Method::GET,
+            "MedicationRequest?identifier=RX-B",
+            None,
+            [200, 200, 200, 200, 200],
+        ),
+        row(
+            Method::GET,
+            "MedicationRequest",
+            None,
+            [200, 200, 403, 200, 200],
+        ),
+        row(
+            Method::GET,
+            "MedicationRequest/mra",
+            None,
+            [200, 200, 200, 404, 200],
+        ),
+        row(
+            Method::POST,
+            "MedicationDispense",
+            Some(dispense),
+            [403, 201, 201, 403, 201],
+        ),
+        row(
+            Method::POST,
+            "MedicationRequest",
+            Some(med_request),
+            [403, 201, 403, 403, 201],
+        ),
         // Directory and definitions: everyone reads them; definitions are the admin's.
-        row(Method::POST, "Organization", Some(org), [403, 201, 403, 201, 201]),
+        row(
+            Method::POST,
+            "Organization",
+            Some(org),
+            [403, 201, 403, 201, 201],
+        ),
         row(Method::GET, "Organization/org-a", None, [200; 5]),
-        row(Method::POST, "ValueSet", Some(value_set(1)), [403, 403, 403, 201, 403]),
+        row(
+            Method::POST,
+            "ValueSet",
+            Some(value_set(1)),
+            [403, 403, 403, 201, 403],
+        ),
         row(Method::GET, "ValueSet", None, [200; 5]),
         // The server's own operations.
         row(Method::POST, "$reindex", None, [403, 403, 403, 200, 403]),
@@ -211,7 +321,10 @@ async fn every_role_gets_what_the_policy_says(app: TestApp) {
             if resp.status >= 400 && resp.status != 404 {
                 // Every refusal is an OperationOutcome saying why.
                 if resp.json()["resourceType"] != "OperationOutcome" {
-                    wrong.push(format!("{} {} as {who}: no OperationOutcome", r.method, r.path));
+                    wrong.push(format!(
+                        "{} {} as {who}: no OperationOutcome",
+                        r.method, r.path
+                    ));
                 }
             }
         }
@@ -278,9 +391,26 @@ async fn conditional_writes_and_merges_see_only_what_the_caller_may(app: TestApp
         )
         .await;
         assert_eq!(r.status, 204, "{}", r.body);
-        let none = as_user(&app, tok, Method::DELETE, "Observation?code=no-such-code", None).await;
+        let none = as_user(
+            &app,
+            tok,
+            Method::DELETE,
+            "Observation?code=no-such-code",
+            None,
+        )
+        .await;
         assert_eq!(none.status, r.status);
     }
+    // Inside a transaction too.
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "DELETE", "url": format!("Observation?subject=Patient/{PB}")}}]});
+    let r = as_user(&app, &dr, Method::POST, "", Some(&tx)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!r.body.contains(OB), "{}", r.body);
+    assert_eq!(
+        fhir.read("Observation", OB.into()).await.unwrap().version,
+        1
+    );
     // A conditional update whose condition matches only B's observation does not touch it: the
     // caller's body becomes a record of its own.
     let mut body = observation("", "pa");
@@ -302,7 +432,14 @@ async fn conditional_writes_and_merges_see_only_what_the_caller_may(app: TestApp
     let by_identifier = json!({"resourceType": "Parameters", "parameter": [
         {"name": "source-patient-identifier", "valueIdentifier": {"system": "http://fhir.ehealth.gov.vn/core/sid/citizen_id", "value": crate::auth::CCCD_B}},
         {"name": "target-patient", "valueReference": {"reference": "Patient/pa"}}]});
-    let r = as_user(&app, &sys, Method::POST, "Patient/$merge", Some(&by_identifier)).await;
+    let r = as_user(
+        &app,
+        &sys,
+        Method::POST,
+        "Patient/$merge",
+        Some(&by_identifier),
+    )
+    .await;
     assert_eq!(r.status, 404, "{}", r.body);
     assert!(!r.body.contains(PB), "{}", r.body);
     // A duplicate the hospital registered itself is merged into its patient.
@@ -317,9 +454,15 @@ async fn conditional_writes_and_merges_see_only_what_the_caller_may(app: TestApp
         {"name": "source-patient", "valueReference": {"reference": format!("Patient/{dup_id}")}},
         {"name": "target-patient", "valueReference": {"reference": "Patient/pa"}}]});
     let patient_tok = user_token(&app, CCCD_A).await;
-    as_user(&app, &patient_tok, Method::POST, "Patient/$merge", Some(&params))
-        .await
-        .assert_outcome(403);
+    as_user(
+        &app,
+        &patient_tok,
+        Method::POST,
+        "Patient/$merge",
+        Some(&params),
+    )
+    .await
+    .assert_outcome(403);
     let r = as_user(&app, &sys, Method::POST, "Patient/$merge", Some(&params)).await;
     assert_eq!(r.status, 200, "{}", r.body);
 }
@@ -387,13 +530,20 @@ async fn consent_withholds_labelled_results(app: TestApp) {
         None,
     )
     .await;
-    assert!(trail.body.contains(&format!("Consent/{cid}")), "{}", trail.body);
+    assert!(
+        trail.body.contains(&format!("Consent/{cid}")),
+        "{}",
+        trail.body
+    );
     // Break-glass overrides it, flagged.
     let r = app
         .send(
             app.request(Method::GET, "Observation/oa-hiv")
                 .bearer_auth(&dr)
-                .header("x-break-glass", "suspected seroconversion, patient unconscious"),
+                .header(
+                    "x-break-glass",
+                    "suspected seroconversion, patient unconscious",
+                ),
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);

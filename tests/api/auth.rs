@@ -178,9 +178,18 @@ fn reveals_b(body: &str, asked: &str) -> bool {
         });
     }
     let body = &v.to_string();
-    [PB, OB, CCCD_B, "bbbb-encounter", "Bùi", "B%C3%B9i", "RX-B", "bbbb-medreq"]
-        .iter()
-        .any(|secret| body.contains(secret) && !asked.contains(secret))
+    [
+        PB,
+        OB,
+        CCCD_B,
+        "bbbb-encounter",
+        "Bùi",
+        "B%C3%B9i",
+        "RX-B",
+        "bbbb-medreq",
+    ]
+    .iter()
+    .any(|secret| body.contains(secret) && !asked.contains(secret))
 }
 
 pub(crate) fn ids_in_bundle(v: &Value) -> Vec<String> {
