@@ -531,20 +531,13 @@ pub(crate) fn prepare(
     now: i64,
     location: &str,
 ) -> Result<(String, IndexRows)> {
-    let Value::Object(obj) = &mut value else {
+    if !value.is_object() {
         return Err(Error::invalid(
             "structure",
             "a resource must be a JSON object",
         ));
-    };
-    obj.insert("id".into(), Value::String(id.to_string()));
-    let meta = obj
-        .entry("meta")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if let Value::Object(m) = meta {
-        m.insert("versionId".into(), Value::String(version.to_string()));
-        m.insert("lastUpdated".into(), Value::String(format_instant(now)));
     }
+    stamp(&mut value, id, version, now);
     let rows = crate::fhir::search::extract::index_rows(ty, &value);
     let body = to_stored_json(value, location)?;
     Ok((body, rows))
@@ -558,17 +551,24 @@ pub(crate) fn prepare_own(
     id: &str,
     now: i64,
 ) -> Result<(String, IndexRows)> {
-    if let Value::Object(obj) = &mut value {
-        obj.insert("id".into(), Value::String(id.to_string()));
-        obj.insert(
-            "meta".into(),
-            serde_json::json!({"versionId": "1", "lastUpdated": format_instant(now)}),
-        );
-    }
+    stamp(&mut value, id, 1, now);
     let rows = crate::fhir::search::extract::index_rows(ty, &value);
     let body = serde_json::to_string(&value)
         .map_err(|e| Error::invalid("exception", format!("cannot serialise: {e}")))?;
     Ok((body, rows))
+}
+
+/// The server's `id`, `meta.versionId` and `meta.lastUpdated` on a resource (a JSON object).
+fn stamp(value: &mut Value, id: &str, version: i64, now: i64) {
+    let Value::Object(obj) = value else { return };
+    obj.insert("id".into(), Value::String(id.to_string()));
+    let meta = obj
+        .entry("meta")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(m) = meta {
+        m.insert("versionId".into(), Value::String(version.to_string()));
+        m.insert("lastUpdated".into(), Value::String(format_instant(now)));
+    }
 }
 
 /// Inserts a prepared version as the current one.

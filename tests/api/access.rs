@@ -6,7 +6,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::auth::{
-    CCCD_A, CLIENT_SECRET, OB, PB, as_user, ids_in_bundle, login, observation, token_request, world,
+    CCCD_A, CLIENT_SECRET, OB, PB, as_user, ids_in_bundle, login, observation, system_token,
+    token_request, user_token, world,
 };
 use crate::helpers::{TestApp, patient};
 use yba::auth::service::{self, NewClient};
@@ -31,28 +32,6 @@ fn tight(c: &mut yba::config::Config) {
     c.auth = true;
     c.access_token_ttl = 1;
     c.rate_limit = 10;
-}
-
-async fn system_token(app: &TestApp, scope: &str) -> String {
-    let r = token_request(
-        app,
-        &[
-            ("grant_type", "client_credentials"),
-            ("client_id", "his-a"),
-            ("client_secret", CLIENT_SECRET),
-            ("scope", scope),
-        ],
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    r.json()["access_token"].as_str().unwrap().to_string()
-}
-
-async fn user_token(app: &TestApp, user: &str) -> String {
-    login(app, user, "").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 /// The five kinds of caller.

@@ -150,6 +150,30 @@ pub(crate) async fn login(app: &TestApp, username: &str, scope: &str) -> Value {
     r.json()
 }
 
+/// A person's access token with the scopes their role allows.
+pub(crate) async fn user_token(app: &TestApp, user: &str) -> String {
+    login(app, user, "").await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The hospital system's access token with `scope`.
+pub(crate) async fn system_token(app: &TestApp, scope: &str) -> String {
+    let r = token_request(
+        app,
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", "his-a"),
+            ("client_secret", CLIENT_SECRET),
+            ("scope", scope),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["access_token"].as_str().unwrap().to_string()
+}
+
 pub(crate) async fn as_user(
     app: &TestApp,
     token: &str,
@@ -491,10 +515,7 @@ async fn failed_sign_ins_back_off_alike_for_unknown_accounts(app: TestApp) {
 
 async fn practitioners_see_their_patients_and_break_glass_is_audited(app: TestApp) {
     world(&app).await;
-    let tok = login(&app, "dr.an", "").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let tok = user_token(&app, "dr.an").await;
     assert_eq!(
         as_user(&app, &tok, Method::GET, "Patient/pa", None)
             .await
@@ -538,10 +559,7 @@ async fn practitioners_see_their_patients_and_break_glass_is_audited(app: TestAp
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     // An admin reviews the trail; the patient sees who read their record.
-    let admin = login(&app, "admin1", "").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let admin = user_token(&app, "admin1").await;
     let trail = as_user(
         &app,
         &admin,
@@ -565,10 +583,7 @@ async fn practitioners_see_their_patients_and_break_glass_is_audited(app: TestAp
         "Practitioner/dr-an"
     );
     assert_eq!(btg[0]["resource"]["outcome"], "0");
-    let b = login(&app, CCCD_B, "").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let b = user_token(&app, CCCD_B).await;
     let mine = as_user(
         &app,
         &b,
@@ -625,14 +640,8 @@ async fn practitioners_see_their_patients_and_break_glass_is_audited(app: TestAp
 
 async fn consent_grants_and_withdraws_access(app: TestApp) {
     world(&app).await;
-    let dr = login(&app, "dr.an", "").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let b = login(&app, CCCD_B, "").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let dr = user_token(&app, "dr.an").await;
+    let b = user_token(&app, CCCD_B).await;
     assert_eq!(
         as_user(&app, &dr, Method::GET, &format!("Patient/{PB}"), None)
             .await
@@ -660,10 +669,7 @@ async fn consent_grants_and_withdraws_access(app: TestApp) {
         200
     );
     // The decision cites the consent.
-    let admin = login(&app, "admin1", "").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let admin = user_token(&app, "admin1").await;
     let trail = as_user(
         &app,
         &admin,
@@ -718,10 +724,7 @@ async fn consent_grants_and_withdraws_access(app: TestApp) {
         404
     );
     // A patient writes nothing clinical, and no one else's consent.
-    let a = login(&app, CCCD_A, "").await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let a = user_token(&app, CCCD_A).await;
     assert_eq!(
         as_user(
             &app,
