@@ -51,6 +51,56 @@ pub fn verify(stored: Option<&str>, password: &str) -> bool {
     }
 }
 
+/// [`verify`] on the password threads, for async callers.
+///
+/// Password checks run on a few threads of their own (one per core), never on the HTTP workers
+/// nor tokio's blocking pool: each check fills 19 MiB, and the allocator keeps what a thread
+/// freed for that thread's next use. On a pool of hundreds of threads that came to half a
+/// gigabyte held after a burst of sign-ins (BENCHMARKS.md); on a fixed few it stays a few
+/// checks' worth, and a flood of sign-ins cannot take more than those threads.
+pub async fn verify_async(stored: Option<String>, password: String) -> bool {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let _ = tx.send(verify(stored.as_deref(), &password));
+    });
+    if workers().send(job).is_err() {
+        return false;
+    }
+    rx.await.unwrap_or(false)
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+fn workers() -> &'static std::sync::mpsc::Sender<Job> {
+    static POOL: OnceLock<std::sync::mpsc::Sender<Job>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let n = std::thread::available_parallelism().map_or(2, usize::from);
+        for i in 0..n {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("yba-password-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = match rx.lock() {
+                            Ok(r) => r.recv(),
+                            Err(e) => e.into_inner().recv(),
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!("a password thread cannot start: {e}");
+            }
+        }
+        tx
+    })
+}
+
 /// Passwords people choose most (the head of the public breach lists); a password containing
 /// one of them outright is refused.
 const COMMON: &[&str] = &[

@@ -279,10 +279,7 @@ impl Tokens {
         let user = self.store.read(move |s| s.user(&name)).await?;
         let stored = user.as_ref().map(|u| u.password_hash.clone());
         let given = pw.to_string();
-        let matched =
-            tokio::task::spawn_blocking(move || password::verify(stored.as_deref(), &given))
-                .await
-                .unwrap_or(false);
+        let matched = password::verify_async(stored, given).await;
         let user = match user {
             Some(u) if matched && !u.disabled => u,
             _ => {
@@ -365,9 +362,7 @@ impl Tokens {
             (ClientAuth::Secret { secret, .. }, c) => {
                 let stored = c.as_ref().and_then(|c| c.secret_hash.clone());
                 let given = secret.clone();
-                tokio::task::spawn_blocking(move || password::verify(stored.as_deref(), &given))
-                    .await
-                    .unwrap_or(false)
+                password::verify_async(stored, given).await
             }
             (ClientAuth::Assertion { assertion, .. }, Some(c)) => match &c.public_key {
                 Some(pem) => {
