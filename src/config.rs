@@ -81,6 +81,11 @@ pub struct Config {
     #[arg(long, env = "YBA_RATE_LIMIT", default_value_t = 1000)]
     pub rate_limit: u32,
 
+    /// Days an e-prescription may be dispensed after issue (TT 26/2025/TT-BYT Điều 12 khoản 9
+    /// điểm b: 5). After that it is expired for dispensing.
+    #[arg(long, env = "YBA_PRESCRIPTION_VALID_DAYS", default_value_t = crate::prescribing::DEFAULT_VALID_DAYS)]
+    pub prescription_valid_days: i64,
+
     /// Browser origins allowed to call the API (CORS), separated by commas; none by default.
     #[arg(long, env = "YBA_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
@@ -116,6 +121,7 @@ impl Config {
             session_ttl: 8 * 3600,
             cors_origins: Vec::new(),
             rate_limit: 1000,
+            prescription_valid_days: crate::prescribing::DEFAULT_VALID_DAYS,
             trust_forwarded: false,
         }
     }

@@ -22,6 +22,10 @@ pub enum Error {
     /// second active Patient with the same citizen ID; the issues point at the existing record.
     #[error("duplicate record")]
     Duplicate(Vec<Issue>),
+    /// A well-formed request that breaks a business rule (422), such as an e-prescription over
+    /// the legal duration: one issue per rule broken, citing it.
+    #[error("business rule broken")]
+    Unprocessable(Vec<Issue>),
     /// A precondition (`If-Match`, a conditional match count) failed (412).
     #[error("{0}")]
     PreconditionFailed(String),
@@ -68,6 +72,7 @@ impl Error {
             Error::NotFound(_) => 404,
             Error::Gone(_) => 410,
             Error::Conflict(_) | Error::Duplicate(_) => 409,
+            Error::Unprocessable(_) => 422,
             Error::PreconditionFailed(_) => 412,
             Error::NotImplemented(_) => 501,
             Error::Forbidden(_) => 403,
@@ -84,7 +89,9 @@ impl Error {
     /// their detail goes to the log, not to the client.
     pub fn issues(&self) -> Vec<Issue> {
         match self {
-            Error::Invalid(issues) | Error::Duplicate(issues) => issues.clone(),
+            Error::Invalid(issues) | Error::Duplicate(issues) | Error::Unprocessable(issues) => {
+                issues.clone()
+            }
             Error::NotFound(m) => vec![Issue::error("not-found", m.clone())],
             Error::Gone(m) => vec![Issue::error("deleted", m.clone())],
             Error::Conflict(m) => vec![Issue::error("conflict", m.clone())],

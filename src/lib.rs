@@ -20,6 +20,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod fhir;
+pub mod prescribing;
 pub mod store;
 pub mod telemetry;
 pub mod vn;

@@ -12,6 +12,7 @@ pub mod negotiate;
 pub mod oauth;
 pub mod operations;
 pub mod ops;
+pub mod prescriptions;
 pub mod rest;
 pub mod system;
 
@@ -98,6 +99,8 @@ pub struct AppState {
     pub base_url: Option<Arc<str>>,
     /// Sign-in, tokens and the audit trail; `None` when the server runs with `YBA_AUTH=off`.
     pub auth: Option<access::AuthState>,
+    /// Days an e-prescription may be dispensed after issue.
+    pub rx_valid_days: i64,
 }
 
 impl AppState {
@@ -261,6 +264,26 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .default_service(web::to(method_not_allowed)),
                 )
                 .service(
+                    resource("/MedicationRequest/$prescribe")
+                        .route(post().to(prescriptions::prescribe))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    resource("/MedicationRequest/$cancel")
+                        .route(post().to(prescriptions::cancel))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    resource("/MedicationRequest/$status")
+                        .route(get().to(prescriptions::status))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    resource("/MedicationRequest/$national-export")
+                        .route(get().to(prescriptions::national_export))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
                     resource("/Patient/$match")
                         .route(post().to(operations::match_patient))
                         .default_service(web::to(method_not_allowed)),
@@ -408,6 +431,7 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         max_body: config.max_body,
         base_url: config.base_url.as_deref().map(Arc::from),
         auth,
+        rx_valid_days: config.prescription_valid_days,
     });
     let access_log = web::Data::new(AccessLog(config.access_log));
     let cors_origins = config.cors_origins.clone();

@@ -160,11 +160,9 @@ fn written_response(w: Written, ctx: &Ctx, what: &str) -> Reply {
 }
 
 /// The record store as the caller may use it: through their access policy when guarded.
+/// (Always inside the e-prescription rules: see [`super::prescriptions::fhir_issuing`].)
 pub fn fhir_for(state: &AppState, ctx: &Ctx) -> crate::fhir::Fhir {
-    match &ctx.guard {
-        Some(g) => state.fhir.gated(g.clone()),
-        None => state.fhir.clone(),
-    }
+    super::prescriptions::fhir_issuing(state, ctx, Vec::new())
 }
 
 /// `GET [type]/[id]`, with `If-None-Match` and `If-Modified-Since` (304).
@@ -272,8 +270,22 @@ pub async fn create(
                 None => None,
             };
             let body = read_body(&req, payload, state.max_body, &ctx).await?;
-            let value = parse_body(&req, &body, ty, &ctx)?;
-            let w = fhir_for(&state, &ctx)
+            let mut value = parse_body(&req, &body, ty, &ctx)?;
+            // An e-prescription line is issued (checked, given its code) on the way in.
+            let mut codes = Vec::new();
+            if ty == "MedicationRequest" && crate::prescribing::is_line(&value) {
+                let mut one = [serde_json::json!({ "resource": value.take() })];
+                codes = super::prescriptions::issue_entries(
+                    &state,
+                    &ctx,
+                    &mut one,
+                    &|_| "MedicationRequest".into(),
+                    false,
+                )
+                .await?;
+                value = one[0]["resource"].take();
+            }
+            let w = super::prescriptions::fhir_issuing(&state, &ctx, codes)
                 .create(ty, value, condition)
                 .await
                 .map_err(|e| ctx.error(e))?;
@@ -569,6 +581,7 @@ async fn search_in(
     compartment: Option<(String, String, bool)>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
+    let pairs = crate::prescribing::canonical_codes(pairs);
     state.reply(&req, Interaction::Search, |ctx| async {
         let ctx = ctx;
         let ty = match &ty {

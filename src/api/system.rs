@@ -47,15 +47,33 @@ pub async fn transaction(
                 base: ctx.base().to_string(),
                 representation: ctx.prefer == Some(Return::Representation),
             };
-            let reparse = || {
-                parse_resource(&body, fmt)
-                    .map(|(v, _)| v)
-                    .map_err(Error::Invalid)
-            };
             if let Some(g) = &ctx.guard {
                 bundle_scopes(g, &value, ctx.base()).map_err(|e| ctx.error(e))?;
             }
-            let fhir = super::rest::fhir_for(&state, &ctx);
+            let mut value = value;
+            // E-prescription lines are issued (checked, given their codes) on the way in; a
+            // retry then starts from the issued Bundle, not the posted one.
+            let mut codes = Vec::new();
+            if value.get("type").and_then(serde_json::Value::as_str) == Some("transaction")
+                && let Some(serde_json::Value::Array(entries)) = value.get_mut("entry")
+            {
+                codes = super::prescriptions::issue_entries(
+                    &state,
+                    &ctx,
+                    entries,
+                    &|i| format!("Bundle.entry[{i}].resource"),
+                    false,
+                )
+                .await?;
+            }
+            let issued = (!codes.is_empty()).then(|| value.clone());
+            let reparse = || match &issued {
+                Some(v) => Ok(v.clone()),
+                None => parse_resource(&body, fmt)
+                    .map(|(v, _)| v)
+                    .map_err(Error::Invalid),
+            };
+            let fhir = super::prescriptions::fhir_issuing(&state, &ctx, codes);
             let json = bundle::process(&fhir, value, reparse, &opts)
                 .await
                 .map_err(|e| ctx.error(e))?;

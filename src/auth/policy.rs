@@ -204,12 +204,12 @@ impl Guard {
     pub fn may_search(&self, types: &[String], params: &[(String, String)]) -> Result<()> {
         if self.principal.role == Role::Pharmacist
             && (types.is_empty() || types.iter().any(|t| t == "MedicationRequest"))
-            && !params
-                .iter()
-                .any(|(k, v)| (k == "identifier" || k == "_id") && !v.is_empty())
+            && !params.iter().any(|(k, v)| {
+                matches!(k.as_str(), "identifier" | "group-identifier" | "_id") && !v.is_empty()
+            })
         {
             return Err(Error::Forbidden(
-                "a pharmacist looks a prescription up by its code: MedicationRequest?identifier=[code]"
+                "a pharmacist looks a prescription up by its code: MedicationRequest?group-identifier=[code]"
                     .into(),
             ));
         }

@@ -338,15 +338,23 @@ fn check_unique(entries: &[Entry]) -> Result<()> {
 /// database (inside it, for conditional creates, updates and references).
 enum Lookup<'a, 'c> {
     Offline,
-    Db(&'a mut Session<'c>),
+    Db(&'a mut Session<'c>, Option<&'a dyn Gate>),
 }
 
 impl Lookup<'_, '_> {
     /// Runs a query, or None when offline (the plan then waits for the database).
     fn need<T>(&mut self, f: impl FnOnce(&mut Session<'_>) -> Result<T>) -> Result<Option<T>> {
+        self.need_gated(|s, _| f(s))
+    }
+
+    /// [`Lookup::need`] for a query that hides what the access policy's caller may not see.
+    fn need_gated<T>(
+        &mut self,
+        f: impl FnOnce(&mut Session<'_>, Option<&dyn Gate>) -> Result<T>,
+    ) -> Result<Option<T>> {
         match self {
             Lookup::Offline => Ok(None),
-            Lookup::Db(s) => f(s).map(Some),
+            Lookup::Db(s, g) => f(s, *g).map(Some),
         }
     }
 }
@@ -420,7 +428,7 @@ fn plan(
             // person already has.
             let rows = patients.get(&e.index);
             let Some(found) = look
-                .need(|s| match conditional_match(s, ty, c)? {
+                .need_gated(|s, gate| match conditional_match(s, gate, ty, c)? {
                     Some(m) => Ok(Some(m)),
                     None => match rows {
                         Some(rows) => citizen_holder(s, ty, rows),
@@ -460,8 +468,12 @@ fn plan(
             Target::Instance(_, id) => id.clone(),
             Target::Query(_, q) => {
                 let c = Condition::parse(q).map_err(|err| entry_error(e.index, err))?;
+                // What the caller may not see is absent, as in a plain conditional update.
                 let Some(found) = look
-                    .need(|s| c.matches(s, ty, 2))
+                    .need_gated(|s, gate| {
+                        let ids = c.matches(s, ty, 2)?;
+                        super::interactions::visible_matches(gate, s, ty, ids)
+                    })
                     .map_err(|err| entry_error(e.index, err))?
                 else {
                     return Ok(None);
@@ -566,7 +578,7 @@ fn run_transaction(
     // 2. Ids, links and new resources, seeing the deletes.
     let plan = match planned {
         Some(p) => p,
-        None => match plan(&mut entries, &mut Lookup::Db(s), opts, now)? {
+        None => match plan(&mut entries, &mut Lookup::Db(s, fhir.gate()), opts, now)? {
             Some(p) => p,
             None => {
                 return Err(Error::invalid(
@@ -1071,6 +1083,7 @@ pub fn status_and_issues(err: &Error) -> (String, Vec<Issue>) {
         409 => "Conflict",
         410 => "Gone",
         412 => "Precondition Failed",
+        422 => "Unprocessable Entity",
         401 => "Unauthorized",
         403 => "Forbidden",
         501 => "Not Implemented",

@@ -205,7 +205,7 @@ impl Fhir {
                 if let Some(c) = &condition {
                     // One citizen, one record: a conditional create of a person who already
                     // has a record is given that record.
-                    let existing = match conditional_match(s, ty, c)? {
+                    let existing = match conditional_match(s, gate.as_deref(), ty, c)? {
                         Some(e) => Some(e),
                         None => citizen_holder(s, ty, &tokens)?,
                     };
@@ -622,11 +622,15 @@ pub(crate) fn insert(
 /// Returns the one live resource meeting a create's condition, None if there is none.
 pub(crate) fn conditional_match(
     s: &mut Session<'_>,
+    gate: Option<&dyn Gate>,
     ty: &str,
     c: &Condition,
 ) -> Result<Option<Stored>> {
     s.lock_condition(c.lock_key(ty))?;
     let ids = c.matches(s, ty, 2)?;
+    // What the caller may not see is absent to them, as for conditional updates and deletes (a
+    // citizen's record is still found by its citizen ID: see `citizen_holder`).
+    let ids = visible_matches(gate, s, ty, ids)?;
     match ids.as_slice() {
         [] => Ok(None),
         [one] => match s.current(ty, one)? {

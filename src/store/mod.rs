@@ -7,6 +7,7 @@
 //! pool. PostgreSQL uses one pool for both.
 
 mod auth;
+mod prescribing;
 mod schema;
 mod search;
 mod session;
@@ -23,6 +24,7 @@ use diesel::{Connection, PgConnection, SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 pub use auth::{ClientRow, Refresh, SessionRow, UserRow};
+pub use prescribing::{RxLine, RxRow};
 pub use search::{
     Cond, Filter, Found, IndexTable, Prefix, SearchQuery, SortBy, SortKey, SortValue,
 };

@@ -173,3 +173,27 @@ diesel::allow_tables_to_appear_in_same_query!(
     ix_uri,
     ix_composite,
 );
+
+diesel::table! {
+    rx_prescription (code) {
+        code -> Text,
+        facility -> Text,
+        kind -> Text,
+        patient -> Text,
+        prescriber -> Text,
+        issued -> BigInt,
+        valid_until -> BigInt,
+        status -> Text,
+        replaced_by -> Nullable<Text>,
+        reason -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    rx_line (request_id) {
+        request_id -> Text,
+        code -> Text,
+        quantity -> Double,
+        dispensed -> Double,
+    }
+}

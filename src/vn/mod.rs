@@ -433,10 +433,23 @@ pub enum PrescriptionKind {
     Herbal,
 }
 
+impl PrescriptionKind {
+    /// The letter that ends the code (the national system's `loai_don_thuoc`).
+    pub fn letter(self) -> char {
+        match self {
+            PrescriptionKind::Ordinary => 'c',
+            PrescriptionKind::Narcotic => 'n',
+            PrescriptionKind::Psychotropic => 'h',
+            PrescriptionKind::Traditional => 'y',
+            PrescriptionKind::Herbal => 't',
+        }
+    }
+}
+
 /// An e-prescription code (mã đơn thuốc), `xxxxxyyyyyyy-z`: the 5-character facility code, 7
 /// random letters or digits unique within the facility, a hyphen, and the kind (TT 26/2025/TT-BYT
-/// Phụ lục I note 1). Codes are written in either case (`25366VMA336R-c`), so they are compared
-/// in upper case.
+/// Phụ lục I note 1). Codes are written in either case; they are kept in the national system's
+/// form, the facility and random part in upper case and the kind in lower case (`25366VMA336R-c`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PrescriptionCode(String);
 
@@ -459,7 +472,25 @@ impl PrescriptionCode {
         if !matches!(kind, "-C" | "-N" | "-H" | "-Y" | "-T") {
             return Err(bad("unknown kind"));
         }
-        Ok(PrescriptionCode(v))
+        Ok(PrescriptionCode(format!(
+            "{body}{}",
+            kind.to_ascii_lowercase()
+        )))
+    }
+
+    /// A new code: the facility's, 7 random letters or digits, and the kind's letter.
+    pub fn new(
+        facility: &FacilityCode,
+        kind: PrescriptionKind,
+        random: &[u8; 7],
+    ) -> PrescriptionCode {
+        const ALPHABET: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+        let mut s = String::with_capacity(14);
+        s.push_str(facility.as_str());
+        s.extend(random.iter().map(|b| ALPHABET[*b as usize % 36] as char));
+        s.push('-');
+        s.push(kind.letter());
+        PrescriptionCode(s)
     }
 
     pub fn as_str(&self) -> &str {
@@ -473,10 +504,10 @@ impl PrescriptionCode {
 
     pub fn kind(&self) -> PrescriptionKind {
         match self.0.as_bytes()[13] {
-            b'N' => PrescriptionKind::Narcotic,
-            b'H' => PrescriptionKind::Psychotropic,
-            b'Y' => PrescriptionKind::Traditional,
-            b'T' => PrescriptionKind::Herbal,
+            b'n' => PrescriptionKind::Narcotic,
+            b'h' => PrescriptionKind::Psychotropic,
+            b'y' => PrescriptionKind::Traditional,
+            b't' => PrescriptionKind::Herbal,
             _ => PrescriptionKind::Ordinary,
         }
     }
@@ -649,7 +680,12 @@ mod tests {
             let c = PrescriptionCode::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
             assert_eq!(c.facility().as_str(), facility, "{input}");
             assert_eq!(c.kind(), kind, "{input}");
-            assert_eq!(c.as_str(), input.to_ascii_uppercase());
+            let (body, kind) = input.split_at(12);
+            assert_eq!(
+                c.as_str(),
+                format!("{}{}", body.to_ascii_uppercase(), kind.to_ascii_lowercase())
+            );
+            assert_eq!(PrescriptionCode::parse(c.as_str()), Ok(c.clone()));
         }
         for bad in [
             "",

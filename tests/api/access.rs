@@ -406,6 +406,57 @@ async fn conditional_writes_and_merges_see_only_what_the_caller_may(app: TestApp
     assert!(!r.body.contains(OB) && !r.body.contains(PB), "{}", r.body);
     let ob = fhir.read("Observation", OB.into()).await.unwrap();
     assert_eq!(ob.version, 1);
+    // The same inside a transaction.
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": body, "request": {"method": "PUT", "url": format!("Observation?subject=Patient/{PB}")}}]});
+    let r = as_user(&app, &dr, Method::POST, "", Some(&tx)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("201 Created"), "{}", r.body);
+    assert!(!r.body.contains(OB) && !r.body.contains(PB), "{}", r.body);
+    assert_eq!(
+        fhir.read("Observation", OB.into()).await.unwrap().version,
+        1
+    );
+    // A conditional create whose condition matches only B's observation creates (201) rather
+    // than answering with B's (200), plainly and in a transaction.
+    let cond = format!("subject=Patient/{PB}");
+    let r = app
+        .send(
+            app.request(Method::POST, "Observation")
+                .bearer_auth(&dr)
+                .header("content-type", "application/fhir+json")
+                .header("if-none-exist", &cond)
+                .body(body.to_string()),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(!r.body.contains(OB) && !r.body.contains(PB), "{}", r.body);
+    let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": body, "request": {"method": "POST", "url": "Observation", "ifNoneExist": cond}}]});
+    let r = as_user(&app, &dr, Method::POST, "", Some(&tx)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("201 Created"), "{}", r.body);
+    assert!(!r.body.contains(OB) && !r.body.contains(PB), "{}", r.body);
+    // The caller's own match is still found (200, no second copy).
+    let mine = format!(
+        "subject=Patient/pa&code=8867-4&_id={}",
+        r.json()["entry"][0]["response"]["location"]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .nth(1)
+            .unwrap()
+    );
+    let again = app
+        .send(
+            app.request(Method::POST, "Observation")
+                .bearer_auth(&dr)
+                .header("content-type", "application/fhir+json")
+                .header("if-none-exist", &mine)
+                .body(body.to_string()),
+        )
+        .await;
+    assert_eq!(again.status, 200, "{}", again.body);
     // $merge: B's record is not the hospital's to merge, by reference or by citizen ID, and the
     // refusal names no id of B's.
     let by_identifier = json!({"resourceType": "Parameters", "parameter": [

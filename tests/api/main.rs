@@ -15,6 +15,7 @@ mod history;
 mod identity;
 mod mpi;
 mod ops;
+mod prescribing;
 mod profiles;
 mod search;
 mod vn;

@@ -148,12 +148,13 @@ async fn facility_licence_and_prescription_codes_are_checked(app: TestApp) {
         "medicationCodeableConcept": {"text": "Paracetamol 500 mg"},
         "groupIdentifier": {"system": RX, "value": code}})
     };
-    assert_eq!(
-        app.post_json("MedicationRequest", &line("25366VMA336R-c"))
-            .await
-            .status,
-        201
-    );
+    // A well-formed code is still not the client's to choose: the server assigns codes when
+    // it issues (issue 6).
+    let r = app
+        .post_json("MedicationRequest", &line("25366VMA336R-c"))
+        .await;
+    r.assert_outcome(422);
+    assert!(r.body.contains("server assigns"), "{}", r.body);
     let (msg, at) = refused_as(&app, &line("25366VMA336R-x")).await;
     assert!(msg.contains("TT 26/2025"), "{msg}");
     assert_eq!(at, "MedicationRequest.groupIdentifier.value");

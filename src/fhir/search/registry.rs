@@ -15,11 +15,24 @@ use crate::fhir::schema::R4;
 static SEARCH_PARAMETERS_JSON: &str =
     include_str!("../../../fhir-profiles/r4/search-parameters.json");
 
+/// The server's own built-in SearchParameters (`group-identifier` of e-prescriptions...).
+static VN_SEARCH_PARAMETERS_JSON: &str =
+    include_str!("../../../fhir-profiles/vn/search-parameters.json");
+
+/// The built-in definitions followed by `custom` (which may replace them by URL).
+fn with_builtins(custom: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    let mut all: Vec<serde_json::Value> =
+        serde_json::from_str(VN_SEARCH_PARAMETERS_JSON).unwrap_or_default();
+    all.extend(custom.iter().cloned());
+    all
+}
+
 /// The registry in force: the R4 definitions, plus the server's own SearchParameter resources
 /// once [`install`]ed (at start, and by `$reindex` / `yba reindex`).
 static CURRENT: LazyLock<RwLock<Arc<Registry>>> = LazyLock::new(|| {
     RwLock::new(Arc::new(
-        Registry::load(SEARCH_PARAMETERS_JSON, &[]).expect("search-parameters.json loads"),
+        Registry::load(SEARCH_PARAMETERS_JSON, &with_builtins(&[]))
+            .expect("search-parameters.json loads"),
     ))
 });
 
@@ -33,7 +46,7 @@ pub fn registry() -> Arc<Registry> {
 
 /// Puts a registry in force: the R4 definitions plus `custom` SearchParameter resources.
 pub fn install(custom: &[serde_json::Value]) -> Result<(), LoadError> {
-    let reg = Registry::load(SEARCH_PARAMETERS_JSON, custom)?;
+    let reg = Registry::load(SEARCH_PARAMETERS_JSON, &with_builtins(custom))?;
     match CURRENT.write() {
         Ok(mut g) => *g = Arc::new(reg),
         Err(poisoned) => *poisoned.into_inner() = Arc::new(reg),

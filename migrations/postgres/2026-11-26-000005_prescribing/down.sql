@@ -1,0 +1,2 @@
+DROP TABLE rx_line;
+DROP TABLE rx_prescription;
