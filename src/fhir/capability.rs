@@ -63,6 +63,12 @@ pub fn capability_statement(base: &str, conformance: &Conformance) -> Value {
                     json!({"name": "merge", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-merge"}),
                 ]);
             }
+            if *ty == "MedicationRequest" {
+                // The e-prescription operations (`crate::prescribing`).
+                ops.extend(["prescribe", "cancel", "status", "national-export"].map(|op| {
+                    json!({"name": op, "definition": format!("https://yba.vn/fhir/OperationDefinition/MedicationRequest-{op}")})
+                }));
+            }
             r["operation"] = json!(ops);
             r
         })

@@ -733,7 +733,11 @@ mod tests {
             assert_eq!(super::super::validate::resource(&b), Ok("Bundle"));
         }
         let r = registry();
-        assert_eq!(r.profiles.len(), 8);
+        assert_eq!(r.profiles.len(), 9);
+        assert_eq!(
+            r.code_systems["https://yba.vn/fhir/CodeSystem/drug-class"].len(),
+            6
+        );
         assert_eq!(
             r.code_systems["https://yba.vn/fhir/CodeSystem/vn-province"].len(),
             63

@@ -293,36 +293,22 @@ pub async fn issue(
     for ((subject, requester, _), g) in &groups {
         let first = at(g.lines[0]);
         let first_r = entries[g.lines[0]]["resource"].clone();
-        // The patient, identified by citizen ID or passport (Phụ lục I).
-        match resolver
-            .get(Some(subject.as_str()).filter(|x| !x.is_empty()))
-            .await?
-        {
-            Some(p) if p.get("resourceType").and_then(Value::as_str) == Some("Patient") => {
-                let cccd_ok = identifier(&p, CITIZEN_ID).is_some_and(|v| Cccd::parse(v).is_ok());
-                let passport =
-                    identifier(&p, PASSPORT_NUMBER).is_some_and(|v| !v.trim().is_empty());
-                if !cccd_ok && !passport {
-                    issues.push(
-                        Issue::error(
-                            "business-rule",
-                            format!(
-                                "the patient of an e-prescription is identified by a valid citizen ID \
-                                 or a passport number ({})",
-                                rules::REQUIRED_FIELDS
-                            ),
-                        )
-                        .at(format!("{first}.subject")),
-                    );
-                }
-            }
-            _ => issues.push(
+        // The patient: a Patient of the Bundle or of the record. Who they are (a valid citizen
+        // ID or passport) is checked once the access policy has let the write through (in
+        // `Rules`), so that a refusal says nothing of a record the caller may not see.
+        let in_bundle = resolver.by_url.get(subject.as_str());
+        let is_patient = match in_bundle {
+            Some(p) => p.get("resourceType").and_then(Value::as_str) == Some("Patient"),
+            None => local_id(subject, "Patient").is_some_and(|id| !id.is_empty()),
+        };
+        if !is_patient {
+            issues.push(
                 Issue::error(
                     "required",
                     "an e-prescription names its patient: subject must reference a Patient",
                 )
                 .at(format!("{first}.subject")),
-            ),
+            );
         }
         // The prescriber: a licensed practitioner (Luật Khám bệnh, chữa bệnh 2023; Phụ lục I).
         let requester_r = resolver
@@ -700,6 +686,7 @@ impl Gate for Rules {
             }
         }
         for (code, row, lines, prior) in new {
+            identified(s, &row.patient)?;
             if !s.insert_prescription(&row, &lines)? {
                 return Err(Error::Conflict(format!(
                     "the e-prescription code {code} is taken; send the request again"
@@ -731,6 +718,31 @@ impl Gate for Rules {
             None => Ok(true),
         }
     }
+}
+
+/// The patient of an e-prescription is identified by a valid citizen ID or a passport number
+/// (TT 26/2025/TT-BYT Phụ lục I).
+fn identified(s: &mut Session<'_>, patient: &str) -> Result<()> {
+    let p: Value = match s.current("Patient", patient)? {
+        Some(cur) if !cur.body.is_empty() => serde_json::from_str(&cur.body).unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    let cccd = identifier(&p, CITIZEN_ID).is_some_and(|v| Cccd::parse(v).is_ok());
+    let passport = identifier(&p, PASSPORT_NUMBER).is_some_and(|v| !v.trim().is_empty());
+    if cccd || passport {
+        return Ok(());
+    }
+    Err(Error::Unprocessable(vec![
+        Issue::error(
+            "business-rule",
+            format!(
+                "the patient of an e-prescription is identified by a valid citizen ID or a \
+                 passport number ({})",
+                rules::REQUIRED_FIELDS
+            ),
+        )
+        .at("MedicationRequest.subject"),
+    ]))
 }
 
 fn s_own(v: &Value, ptr: &str) -> String {

@@ -5,8 +5,9 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::auth::{as_user, system_token, user_token, world};
+use crate::auth::{as_user, system_token, token_request, user_token, world};
 use crate::helpers::TestApp;
+use yba::auth::service::{self, NewClient};
 
 crate::on_both_databases!(@with crate::helpers::with_auth;
     prescriptions_are_issued_within_the_law,
@@ -346,6 +347,80 @@ async fn prescriptions_are_issued_within_the_law(app: TestApp) {
         {"resource": line("C08CA01", "Amlodipin 5mg", 5, 5, "J06.9"), "request": {"method": "POST", "url": "MedicationRequest"}}]});
     let r = as_user(&app, &sys, Method::POST, "", Some(&tx)).await;
     assert_eq!(r.status, 200, "{}", r.body);
+    // Narcotics only where there are inpatient beds: not at a commune station.
+    fhir.update("Organization", "tram-c".into(),
+        json!({"resourceType": "Organization", "id": "tram-c", "name": "Trạm y tế xã C",
+            "identifier": [{"system": SID_CODE, "value": "01999"}],
+            "type": [{"coding": [{"system": "https://yba.vn/fhir/CodeSystem/facility-level", "code": "commune"}]}]}),
+        None).await.unwrap();
+    service::create_client(
+        app.store.as_ref().unwrap(),
+        NewClient {
+            client_id: "his-c".into(),
+            name: "Trạm C".into(),
+            organization: "Organization/tram-c".into(),
+            scopes: "system/*.cruds".into(),
+            secret: Some(crate::auth::CLIENT_SECRET.into()),
+            public_key: None,
+        },
+    )
+    .await
+    .unwrap();
+    let r = token_request(
+        &app,
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", "his-c"),
+            ("client_secret", crate::auth::CLIENT_SECRET),
+            ("scope", "system/*.cruds"),
+        ],
+    )
+    .await;
+    let tram = r.json()["access_token"].as_str().unwrap().to_string();
+    let r = as_user(
+        &app,
+        &tram,
+        Method::POST,
+        "MedicationRequest/$prescribe",
+        Some(&bundle(&[line("N02AA01", "Morphin 10mg", 5, 10, "S72.0")])),
+    )
+    .await;
+    r.assert_outcome(422);
+    assert!(r.body.contains("inpatient beds"), "{}", r.body);
+    // A patient with neither a citizen ID nor a passport gets no e-prescription.
+    fhir.update("Patient", "p-noid".into(),
+        json!({"resourceType": "Patient", "id": "p-noid", "name": [{"family": "Lê", "given": ["Bé"]}],
+            "gender": "female", "birthDate": "2025-06-01"}), None).await.unwrap();
+    fhir.update("Encounter", "e-noid".into(), json!({"resourceType": "Encounter", "id": "e-noid", "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": "Patient/p-noid"}, "serviceProvider": {"reference": "Organization/org-a"}}), None).await.unwrap();
+    let mut l = line("C08CA01", "Amlodipin 5mg", 5, 5, "J06.9");
+    l["subject"] = json!({"reference": "Patient/p-noid"});
+    l["encounter"] = json!({"reference": "Encounter/e-noid"});
+    let r = as_user(
+        &app,
+        &dr,
+        Method::POST,
+        "MedicationRequest/$prescribe",
+        Some(&bundle(&[l])),
+    )
+    .await;
+    r.assert_outcome(422);
+    assert!(r.body.contains("citizen ID or a passport"), "{}", r.body);
+    // A patient whose record the doctor may not see: refused without a word about them.
+    let mut l = line("C08CA01", "Amlodipin 5mg", 5, 5, "J06.9");
+    l["subject"] = json!({"reference": format!("Patient/{}", crate::auth::PB)});
+    l.as_object_mut().unwrap().remove("encounter");
+    let r = as_user(
+        &app,
+        &dr,
+        Method::POST,
+        "MedicationRequest/$prescribe",
+        Some(&bundle(&[l])),
+    )
+    .await;
+    assert!(matches!(r.status, 403 | 404), "{}", r.body);
+    assert!(!r.body.contains("citizen"), "{}", r.body);
     // Patients and pharmacists do not prescribe.
     let pt = user_token(&app, crate::auth::CCCD_A).await;
     as_user(
@@ -357,8 +432,11 @@ async fn prescriptions_are_issued_within_the_law(app: TestApp) {
     )
     .await
     .assert_outcome(403);
-    // A pharmacist finds the first prescription by its code, in either case.
+    // A pharmacist finds the first prescription by its code, in either case, and lists none.
     let ds = user_token(&app, "ds.chi").await;
+    as_user(&app, &ds, Method::GET, "MedicationRequest?patient=pa", None)
+        .await
+        .assert_outcome(403);
     let lower = code.to_ascii_lowercase();
     let r = as_user(
         &app,
