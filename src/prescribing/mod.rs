@@ -629,6 +629,10 @@ impl Gate for Rules {
                         continue;
                     }
                     let code = s_own(&v, "/groupIdentifier/value");
+                    if !c.created && s.prescription_line(c.id)?.is_some() {
+                        // A conditional create that found a line already issued: it stands.
+                        continue;
+                    }
                     if !c.created || !self.issued.contains(&code) {
                         return Err(rule(
                             "e-prescriptions are issued with POST (or $prescribe), the server \
@@ -701,10 +705,23 @@ impl Gate for Rules {
                 let Some(old_rx) = s.prescription(&old.code)? else {
                     return Err(rule("priorPrescription names an unknown e-prescription"));
                 };
-                if old_rx.patient != row.patient {
+                if old_rx.patient != row.patient || old_rx.facility != row.facility {
                     return Err(rule(
-                        "a replacement e-prescription is for the same patient as the one it replaces",
+                        "a replacement e-prescription is for the same patient, from the same \
+                         facility, as the one it replaces (QĐ 425/QĐ-BYT Điều 9 khoản 3 điểm c)",
                     ));
+                }
+                // What a pharmacy has handed over is not prescribed again by a correction.
+                if s.prescription_lines(&old.code)?
+                    .iter()
+                    .any(|l| l.dispensed > 0.0)
+                {
+                    return Err(rule(format!(
+                        "the e-prescription {} has been dispensed in part: it cannot be replaced; \
+                         cancel it ($cancel stops what is left) and issue a new prescription for \
+                         what the patient still needs",
+                        old.code
+                    )));
                 }
                 withdraw(s, &old.code, "replaced", Some(&code), None, self.now)?;
             }
@@ -893,16 +910,40 @@ fn dispense(s: &mut Session<'_>, md: &Value, now: i64) -> Result<()> {
     Ok(())
 }
 
-/// A dispense of another medicine than prescribed says it was a substitution (GPP; QĐ 425
-/// Điều 9 khoản 3 điểm b: same ingredient, route and strength, recorded).
+/// A dispense counts in the prescription's unit, and a dispense of another medicine than
+/// prescribed says it was a substitution (GPP; QĐ 425 Điều 9 khoản 3 điểm b: same ingredient,
+/// route and strength, recorded).
 fn substitution_recorded(s: &mut Session<'_>, md: &Value, request_id: &str) -> Result<()> {
-    let Some(given) = md.get("medicationCodeableConcept") else {
-        return Ok(());
-    };
     let Some(cur) = s.current("MedicationRequest", request_id)? else {
         return Ok(());
     };
     let mr: Value = serde_json::from_str(&cur.body).unwrap_or(Value::Null);
+    // Quantities are counted in the prescription's unit.
+    let unit = |v: &Value, p: &str| {
+        v.pointer(p)
+            .and_then(|q| q.get("code").or_else(|| q.get("unit")))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    if let (Some(asked), Some(given)) = (
+        unit(&mr, "/dispenseRequest/quantity"),
+        unit(md, "/quantity"),
+    ) && asked != given
+    {
+        return Err(Error::Unprocessable(vec![
+            Issue::error(
+                "business-rule",
+                format!(
+                    "the prescription counts this medicine in '{asked}', not '{given}': state the \
+                     quantity dispensed in the prescription's unit"
+                ),
+            )
+            .at("MedicationDispense.quantity"),
+        ]));
+    }
+    let Some(given) = md.get("medicationCodeableConcept") else {
+        return Ok(());
+    };
     let Some(asked) = mr.get("medicationCodeableConcept") else {
         return Ok(());
     };

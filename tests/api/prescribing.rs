@@ -528,6 +528,27 @@ async fn issued_prescriptions_are_immutable_replaced_and_cancelled(app: TestApp)
     )
     .await
     .assert_outcome(422);
+    // An EMR that sends the same line twice with If-None-Exist gets the first one back.
+    let mut l = line("C08CA01", "Amlodipin 5mg", 5, 5, "J06.9");
+    l["identifier"] = json!([{"system": "https://emr.bva.vn/rx-line", "value": "L-1"}]);
+    let post = |l: Value| {
+        let req = app
+            .request(Method::POST, "MedicationRequest")
+            .bearer_auth(&dr)
+            .header("content-type", "application/fhir+json")
+            .header("if-none-exist", "identifier=https://emr.bva.vn/rx-line|L-1")
+            .body(l.to_string());
+        app.send(req)
+    };
+    let first = post(l.clone()).await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let again = post(l).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(first.json()["id"], again.json()["id"]);
+    assert_eq!(
+        first.json()["groupIdentifier"],
+        again.json()["groupIdentifier"]
+    );
     // A correction replaces it: the old one is cancelled in the same transaction.
     let mut fixed = line("C08CA01", "Amlodipin 5mg", 20, 20, "I10");
     fixed["priorPrescription"] = json!({"reference": format!("MedicationRequest/{}", ids[0])});
@@ -681,6 +702,30 @@ async fn pharmacies_dispense_within_what_was_prescribed(app: TestApp) {
     other["substitution"] = json!({"wasSubstituted": true, "reason": [{"text": "hết thuốc"}]});
     let r = as_user(&app, &ds, Method::POST, "MedicationDispense", Some(&other)).await;
     assert_eq!(r.status, 201, "{}", r.body);
+    // Quantities count in the prescription's unit.
+    let mut boxes = dispense(&ids2[0], 1);
+    boxes["quantity"] = json!({"value": 1, "unit": "hộp"});
+    let refused = as_user(&app, &ds, Method::POST, "MedicationDispense", Some(&boxes)).await;
+    refused.assert_outcome(422);
+    assert!(refused.body.contains("unit"), "{}", refused.body);
+    // A prescription dispensed in part is not replaced (the dispensed part would be prescribed
+    // twice): it is cancelled and a new one issued.
+    let mut fixed = line("C08CA01", "Amlodipin 5mg", 10, 10, "I10");
+    fixed["priorPrescription"] = json!({"reference": format!("MedicationRequest/{}", ids2[0])});
+    let refused = as_user(
+        &app,
+        &dr,
+        Method::POST,
+        "MedicationRequest/$prescribe",
+        Some(&bundle(&[fixed])),
+    )
+    .await;
+    refused.assert_outcome(422);
+    assert!(
+        refused.body.contains("dispensed in part"),
+        "{}",
+        refused.body
+    );
     // A dispense stands: no change, no delete.
     let id = r.json()["id"].as_str().unwrap().to_string();
     as_user(
@@ -775,6 +820,23 @@ async fn twenty_pharmacies_dispense_one_prescription_once(app: TestApp) {
         .count();
     assert_eq!(ok, 10);
     assert_eq!(dispensed(&status(&app, &dr, &code).await), 10.0);
+    // Twenty of 3 units on a prescription of 10: three succeed, and the last unit stays (the
+    // prescription is still active: only what is left decides).
+    let (code, ids) = prescribe(
+        &app,
+        &dr,
+        &[line("C08CA01", "Amlodipin 5mg", 10, 10, "I10")],
+    )
+    .await;
+    let ok = race(&app, &ds, &dispense(&ids[0], 3))
+        .await
+        .iter()
+        .filter(|(s, _)| *s == 201)
+        .count();
+    assert_eq!(ok, 3);
+    let st = status(&app, &dr, &code).await;
+    assert_eq!(dispensed(&st), 9.0);
+    assert_eq!(param(&st, "status")["valueCode"], "active");
 }
 
 async fn expired_prescriptions_are_not_dispensed(app: TestApp) {
