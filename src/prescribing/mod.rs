@@ -494,6 +494,20 @@ fn has_inpatient_beds(org: &Value) -> bool {
         })
 }
 
+/// The name of a coded medicine: its text, or a coding's display.
+fn concept_name(c: &Value) -> &str {
+    c.get("text")
+        .and_then(Value::as_str)
+        .or_else(|| {
+            c.get("coding")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .find_map(|x| x.get("display").and_then(Value::as_str))
+        })
+        .unwrap_or("")
+}
+
 /// The per-drug content a prescription must state (TT 26/2025/TT-BYT Phụ lục I).
 fn required_fields(r: &Value, at: &str) -> Vec<Issue> {
     let mut out = Vec::new();
@@ -511,10 +525,13 @@ fn required_fields(r: &Value, at: &str) -> Vec<Issue> {
             );
         }
     };
+    let named = r.get("medicationReference").is_some()
+        || r.get("medicationCodeableConcept")
+            .is_some_and(|m| !concept_name(m).trim().is_empty());
     need(
-        r.get("medicationCodeableConcept").is_some() || r.get("medicationReference").is_some(),
+        named,
         "medication",
-        "the medicine (active ingredient, or brand for combinations)",
+        "the medicine by name and strength (active ingredient, or brand for combinations)",
     );
     let dosage = r.pointer("/dosageInstruction/0");
     need(dosage.is_some(), "dosageInstruction", "how to take it");

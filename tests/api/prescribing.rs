@@ -275,6 +275,8 @@ async fn prescriptions_are_issued_within_the_law(app: TestApp) {
         .unwrap()
         .remove("quantity");
     bare.as_object_mut().unwrap().remove("reasonCode");
+    bare["medicationCodeableConcept"] =
+        json!({"coding": [{"system": "http://www.whocc.no/atc", "code": "C08CA01"}]});
     let r = as_user(
         &app,
         &dr,
@@ -284,7 +286,7 @@ async fn prescriptions_are_issued_within_the_law(app: TestApp) {
     )
     .await;
     r.assert_outcome(422);
-    for what in ["route", "quantity", "ICD-10"] {
+    for what in ["route", "quantity", "ICD-10", "by name and strength"] {
         assert!(r.body.contains(what), "{what}: {}", r.body);
     }
     // A prescriber without a licence, a patient without a valid ID.
