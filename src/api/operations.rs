@@ -24,7 +24,7 @@ fn param<'v>(params: &'v Value, name: &str) -> Option<&'v Value> {
 }
 
 /// A parameter's primitive value, whatever its `value[x]` type.
-fn param_str<'v>(params: &'v Value, name: &str) -> Option<&'v str> {
+pub(crate) fn param_str<'v>(params: &'v Value, name: &str) -> Option<&'v str> {
     let p = param(params, name)?.as_object()?;
     p.iter()
         .find(|(k, _)| k.starts_with("value"))
@@ -37,7 +37,7 @@ fn param_bool(params: &Value, name: &str) -> Option<bool> {
 }
 
 /// A query parameter of the request.
-fn query(req: &HttpRequest, name: &str) -> Option<String> {
+pub(crate) fn query(req: &HttpRequest, name: &str) -> Option<String> {
     form_urlencoded::parse(req.query_string().as_bytes())
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
@@ -76,7 +76,7 @@ async fn operation_body(
 
 /// The body an operation cannot do without, a valid resource (of type `ty`, when given); else
 /// 400 saying what to send.
-async fn required_body(
+pub(crate) async fn required_body(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,

@@ -9,8 +9,9 @@ use serde_json::{Value, json};
 
 use super::access::{found, scope};
 use super::error::ApiError;
-use super::negotiate::{Ctx, body_format};
-use super::rest::{bundle_response, read_body};
+use super::negotiate::Ctx;
+use super::operations::{param_str, query, required_body};
+use super::rest::bundle_response;
 use super::{AppState, Interaction};
 use crate::auth::Role;
 use crate::auth::scopes::Perm;
@@ -18,7 +19,7 @@ use crate::error::Error;
 use crate::fhir::Fhir;
 use crate::fhir::bundle::{self, BundleOptions};
 use crate::fhir::datetime::{format_instant, now_millis};
-use crate::fhir::format::{parse_resource, render};
+use crate::fhir::format::render;
 use crate::fhir::interactions::Gate;
 use crate::prescribing::{self, Issuer, Rules};
 use crate::store::{RxLine, RxRow};
@@ -97,16 +98,15 @@ pub async fn prescribe(
         .reply(&req, Interaction::Operations, |ctx| async {
             let ctx = ctx;
             scope(&ctx, "MedicationRequest", Perm::Create)?;
-            let body = read_body(&req, payload, state.max_body, &ctx).await?;
-            let fmt = body_format(&req, &body, ctx.format)?;
-            let (mut value, ty) =
-                parse_resource(&body, fmt).map_err(|i| ctx.error(Error::Invalid(i)))?;
-            if ty != "Bundle" {
-                return Err(ctx.error(Error::invalid(
-                    "invalid",
-                    format!("$prescribe takes a Bundle of MedicationRequests, not a {ty}"),
-                )));
-            }
+            let mut value = required_body(
+                &req,
+                payload,
+                &state,
+                &ctx,
+                Some("Bundle"),
+                "$prescribe takes a Bundle of the prescription's MedicationRequests",
+            )
+            .await?;
             let mut entries = match value.get_mut("entry").map(Value::take) {
                 Some(Value::Array(a)) if !a.is_empty() => a,
                 _ => {
@@ -146,12 +146,6 @@ pub async fn prescribe(
             bundle_response(json, &ctx)
         })
         .await
-}
-
-fn query(req: &HttpRequest, name: &str) -> Option<String> {
-    form_urlencoded::parse(req.query_string().as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
 }
 
 fn code_of(raw: Option<String>, ctx: &Ctx) -> Result<String, ApiError> {
@@ -204,6 +198,14 @@ async fn readable(
     Ok((rx, lines))
 }
 
+/// A 200 Parameters resource, in the negotiated format.
+fn parameters(params: Vec<Value>, ctx: &Ctx) -> Result<HttpResponse, ApiError> {
+    let body = json!({"resourceType": "Parameters", "parameter": params}).to_string();
+    let out =
+        render(body, ctx.format, ctx.pretty).map_err(|i| ctx.error(Error::Invalid(vec![i])))?;
+    Ok(HttpResponse::Ok().content_type(ctx.format.mime()).body(out))
+}
+
 /// `GET MedicationRequest/$status?code=...`: where a prescription stands (active, expired,
 /// cancelled, replaced, completed) and, per line, what was prescribed, dispensed and is left.
 pub async fn status(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
@@ -250,28 +252,16 @@ pub async fn cancel(
         .reply(&req, Interaction::Operations, |ctx| async {
             let ctx = ctx;
             scope(&ctx, "MedicationRequest", Perm::Update)?;
-            let body = read_body(&req, payload, state.max_body, &ctx).await?;
-            let fmt = body_format(&req, &body, ctx.format)?;
-            let (params, ty) =
-                parse_resource(&body, fmt).map_err(|i| ctx.error(Error::Invalid(i)))?;
-            if ty != "Parameters" {
-                return Err(ctx.error(Error::invalid(
-                    "invalid",
-                    "$cancel takes Parameters with 'code' and 'reason'",
-                )));
-            }
-            let param = |name: &str| {
-                params
-                    .get("parameter")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .find(|p| p.get("name").and_then(Value::as_str) == Some(name))
-                    .and_then(|p| p.as_object())
-                    .and_then(|p| p.iter().find(|(k, _)| k.starts_with("value")))
-                    .and_then(|(_, v)| v.as_str())
-                    .map(str::to_string)
-            };
+            let params = required_body(
+                &req,
+                payload,
+                &state,
+                &ctx,
+                Some("Parameters"),
+                "$cancel takes Parameters with 'code' and 'reason'",
+            )
+            .await?;
+            let param = |name: &str| param_str(&params, name).map(str::to_string);
             let code = code_of(param("code"), &ctx)?;
             let reason = param("reason")
                 .filter(|r| !r.trim().is_empty())
@@ -310,14 +300,14 @@ pub async fn cancel(
                 .write(move |s| prescribing::withdraw(s, &c, "cancelled", None, Some(&r), now))
                 .await
                 .map_err(|e| ctx.error(e))?;
-            let out = json!({"resourceType": "Parameters", "parameter": [
-                {"name": "code", "valueString": code},
-                {"name": "status", "valueCode": "cancelled"},
-                {"name": "reason", "valueString": reason}]})
-            .to_string();
-            let out = render(out, ctx.format, ctx.pretty)
-                .map_err(|i| ctx.error(Error::Invalid(vec![i])))?;
-            Ok(HttpResponse::Ok().content_type(ctx.format.mime()).body(out))
+            parameters(
+                vec![
+                    json!({"name": "code", "valueString": code}),
+                    json!({"name": "status", "valueCode": "cancelled"}),
+                    json!({"name": "reason", "valueString": reason}),
+                ],
+                &ctx,
+            )
         })
         .await
 }

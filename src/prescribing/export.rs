@@ -86,7 +86,7 @@ fn diagnoses(parts: &Parts<'_>) -> Vec<Value> {
             .flatten()
         {
             let system = coding.get("system").and_then(Value::as_str).unwrap_or("");
-            if !(system.contains("icd-10") || system.contains("icd10")) {
+            if !super::is_icd10(system) {
                 continue;
             }
             let code = text(coding.get("code"));

@@ -63,29 +63,10 @@ pub fn is_line(r: &Value) -> bool {
 
 /// The class of a line's medicine: the category, or the ATC code.
 pub fn kind_of(r: &Value) -> PrescriptionKind {
-    let codings = |v: Option<&Value>| -> Vec<(String, String)> {
-        v.and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .flat_map(|c| {
-                        c.get("coding")
-                            .and_then(Value::as_array)
-                            .into_iter()
-                            .flatten()
-                    })
-                    .filter_map(|c| {
-                        Some((
-                            c.get("system")?.as_str()?.to_string(),
-                            c.get("code")?.as_str()?.to_string(),
-                        ))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    for (system, code) in codings(r.get("category")) {
+    let categories = r.get("category").and_then(Value::as_array);
+    for (system, code) in categories.into_iter().flatten().flat_map(codings) {
         if system == DRUG_CLASS {
-            return match code.as_str() {
+            return match code {
                 "narcotic" => PrescriptionKind::Narcotic,
                 "psychotropic" | "precursor" => PrescriptionKind::Psychotropic,
                 "traditional" => PrescriptionKind::Traditional,
@@ -94,8 +75,11 @@ pub fn kind_of(r: &Value) -> PrescriptionKind {
             };
         }
     }
-    let medication = r.get("medicationCodeableConcept").map(|m| json!([m]));
-    for (system, code) in codings(medication.as_ref()) {
+    for (system, code) in r
+        .get("medicationCodeableConcept")
+        .into_iter()
+        .flat_map(codings)
+    {
         if system == ATC {
             let c = code.to_ascii_uppercase();
             // Opioids (N02A) and opioid anaesthetics (N01AH) are narcotics; barbiturates,
@@ -114,6 +98,26 @@ pub fn kind_of(r: &Value) -> PrescriptionKind {
         }
     }
     PrescriptionKind::Ordinary
+}
+
+/// The `(system, code)` pairs of a CodeableConcept.
+pub(crate) fn codings(concept: &Value) -> impl Iterator<Item = (&str, &str)> {
+    concept
+        .get("coding")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            Some((
+                c.get("system").and_then(Value::as_str).unwrap_or(""),
+                c.get("code")?.as_str()?,
+            ))
+        })
+}
+
+/// Whether a code system is ICD-10 (the WHO's, HL7's or the Vietnamese edition's URL).
+pub(crate) fn is_icd10(system: &str) -> bool {
+    system.contains("icd-10") || system.contains("icd10")
 }
 
 fn text_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
@@ -148,19 +152,11 @@ fn identifier<'a>(r: &'a Value, system: &str) -> Option<&'a str> {
 /// ICD-10 codes of CodeableConcepts.
 fn icd10_codes(concepts: impl Iterator<Item = Value>, out: &mut Vec<String>) {
     for c in concepts {
-        for coding in c
-            .get("coding")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let system = coding.get("system").and_then(Value::as_str).unwrap_or("");
-            if (system.contains("icd-10") || system.contains("icd10"))
-                && let Some(code) = coding.get("code").and_then(Value::as_str)
-            {
-                out.push(code.to_string());
-            }
-        }
+        out.extend(
+            codings(&c)
+                .filter(|(system, _)| is_icd10(system))
+                .map(|(_, code)| code.to_string()),
+        );
     }
 }
 
@@ -964,19 +960,7 @@ fn substitution_recorded(s: &mut Session<'_>, md: &Value, request_id: &str) -> R
     let Some(asked) = mr.get("medicationCodeableConcept") else {
         return Ok(());
     };
-    let codes = |c: &Value| -> HashSet<(String, String)> {
-        c.get("coding")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|c| {
-                Some((
-                    c.get("system")?.as_str()?.to_string(),
-                    c.get("code")?.as_str()?.to_string(),
-                ))
-            })
-            .collect()
-    };
+    let codes = |c| -> HashSet<(&str, &str)> { codings(c).collect() };
     let (a, b) = (codes(asked), codes(given));
     let same = if a.is_empty() || b.is_empty() {
         asked.get("text") == given.get("text")
