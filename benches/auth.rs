@@ -411,6 +411,15 @@ fn one_server(a: &Args, auth: bool, server_url: &str) -> Run {
         let audit_at_end = audit_count(server_url);
         let busy_rss = rss_kb(server.id());
         let busy_anon = anon_kb(server.id());
+        // `YBA_BENCH_HOLD=<seconds>`: keep the server up that long after the run, to inspect
+        // its memory (`gdb -p <pid>`, `heaptrack -p <pid>`).
+        if let Some(hold) = std::env::var("YBA_BENCH_HOLD")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            eprintln!("holding server pid {} for {hold} s", server.id());
+            tokio::time::sleep(Duration::from_secs(hold)).await;
+        }
         // How long until the trail has caught up with everything asked of the server.
         let waited = Instant::now();
         let mut audit_final = audit_at_end;

@@ -102,6 +102,7 @@ enum ClientAction {
 }
 
 fn main() -> std::process::ExitCode {
+    yba::telemetry::settle_allocator();
     yba::telemetry::init_logging();
     let cli = Cli::parse();
     let result = match cli.command {

@@ -25,6 +25,26 @@ pub fn init_logging() {
     };
 }
 
+/// Makes glibc's allocator give large blocks back to the system when they are freed.
+///
+/// glibc serves blocks above a threshold with `mmap` and unmaps them on `free`, but it raises
+/// that threshold each time such a block is freed (up to 32 MiB), after which blocks that size
+/// come from the heap arenas and stay with the process. A password check fills 19 MiB and the
+/// audit writer builds batches of hundreds of events: measured after the auth benchmark on
+/// SQLite, the server held 357 MB of its own memory, 134 MB after `malloc_trim`; with the
+/// threshold fixed at 1 MiB, 127 MB (BENCHMARKS.md, issue 5). Fixing it is what
+/// `MALLOC_MMAP_THRESHOLD_` does; an explicit setting in the environment wins.
+pub fn settle_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; it is called before any thread
+        // starts, and an unsupported value is refused (returns 0), not undefined.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        }
+    }
+}
+
 /// Request counts and latencies by FHIR interaction. The label sets are resolved once, up
 /// front: recording a request is a few atomic additions, no map lookup.
 pub struct Metrics {

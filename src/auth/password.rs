@@ -10,8 +10,9 @@
 
 use std::sync::OnceLock;
 
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::PasswordHasher;
+use argon2::password_hash::phc::Output;
+use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, Version};
 
 /// OWASP's argon2id configuration: m = 19 MiB, t = 2, p = 1.
 pub const MEMORY_KIB: u32 = 19 * 1024;
@@ -40,28 +41,72 @@ pub fn hash(password: &str) -> Result<String, String> {
 /// Whether `password` is the one `stored` was made from. `None` (no such account) is checked
 /// against a dummy hash and is never a match, at the same cost as a real check.
 pub fn verify(stored: Option<&str>, password: &str) -> bool {
+    verify_in(stored, password, &mut Vec::new())
+}
+
+/// [`verify`] with the 19 MiB of argon2 working memory in `blocks`, grown as needed and kept
+/// by the caller for the next check.
+fn verify_in(stored: Option<&str>, password: &str, blocks: &mut Vec<Block>) -> bool {
     static DUMMY: OnceLock<String> = OnceLock::new();
     match stored {
-        Some(h) => argon2().verify_password(password.as_bytes(), h).is_ok(),
+        Some(h) => matches(h, password.as_bytes(), blocks),
         None => {
             let dummy = DUMMY.get_or_init(|| hash("not a password of anyone").unwrap_or_default());
-            let _ = argon2().verify_password(password.as_bytes(), dummy.as_str());
+            let _ = matches(dummy, password.as_bytes(), blocks);
             false
         }
     }
 }
 
+/// Recomputes a PHC argon2 hash's output for `password` with its own algorithm, version,
+/// parameters and salt, and compares the two in constant time (`Output`'s equality).
+fn matches(stored: &str, password: &[u8], blocks: &mut Vec<Block>) -> bool {
+    let Ok(h) = PasswordHash::new(stored) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (&h.salt, &h.hash) else {
+        return false;
+    };
+    let (Ok(params), Ok(algorithm)) = (
+        Params::try_from(&h),
+        Algorithm::try_from(h.algorithm.as_str()),
+    ) else {
+        return false;
+    };
+    let version = match h.version.map(Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let need = params.block_count();
+    if blocks.len() < need {
+        blocks.resize(need, Block::default());
+    }
+    let mut buffer = [0u8; Output::MAX_LENGTH];
+    let Some(out) = buffer.get_mut(..expected.len()) else {
+        return false;
+    };
+    Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(password, salt.as_ref(), out, &mut blocks[..need])
+        .is_ok()
+        && Output::new(out).is_ok_and(|o| o == *expected)
+}
+
 /// [`verify`] on the password threads, for async callers.
 ///
 /// Password checks run on a few threads of their own (one per core), never on the HTTP workers
-/// nor tokio's blocking pool: each check fills 19 MiB, and the allocator keeps what a thread
-/// freed for that thread's next use. On a pool of hundreds of threads that came to half a
-/// gigabyte held after a burst of sign-ins (BENCHMARKS.md); on a fixed few it stays a few
-/// checks' worth, and a flood of sign-ins cannot take more than those threads.
+/// nor tokio's blocking pool, and each of those threads keeps its 19 MiB of argon2 working
+/// memory from one check to the next. Allocated afresh per check on a pool of hundreds of
+/// threads, that memory came to half a gigabyte held after a burst of sign-ins; on the fixed
+/// few it is a fixed 19 MiB each, and a flood of sign-ins cannot take more than those threads
+/// (BENCHMARKS.md).
 pub async fn verify_async(stored: Option<String>, password: String) -> bool {
+    thread_local! {
+        static BLOCKS: std::cell::RefCell<Vec<Block>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
     let (tx, rx) = tokio::sync::oneshot::channel();
     let job: Job = Box::new(move || {
-        let _ = tx.send(verify(stored.as_deref(), &password));
+        let ok = BLOCKS.with(|b| verify_in(stored.as_deref(), &password, &mut b.borrow_mut()));
+        let _ = tx.send(ok);
     });
     if workers().send(job).is_err() {
         return false;
@@ -161,6 +206,38 @@ mod tests {
         // No account, or a stored value that is not a hash: never a match.
         assert!(!verify(None, "Trạm y tế xã 2026!"));
         assert!(!verify(Some("plain text"), "plain text"));
+    }
+
+    #[test]
+    fn a_hash_is_checked_with_its_own_parameters_and_kept_memory() {
+        // Made elsewhere with other parameters (an older policy): still verifies.
+        let params = Params::new(8 * 1024, 1, 1, None).expect("params");
+        let other = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+            .hash_password(b"Bac si tram xa 01")
+            .expect("hashes")
+            .to_string();
+        let mut blocks = Vec::new();
+        assert!(verify_in(Some(&other), "Bac si tram xa 01", &mut blocks));
+        assert_eq!(blocks.len(), 8 * 1024);
+        // The memory is reused, and grows for a costlier hash.
+        let ours = hash("Bac si tram xa 01").expect("hashes");
+        assert!(!verify_in(Some(&ours), "Bac si tram xa 02", &mut blocks));
+        assert!(verify_in(Some(&ours), "Bac si tram xa 01", &mut blocks));
+        assert_eq!(blocks.len(), MEMORY_KIB as usize);
+        assert!(verify_in(Some(&other), "Bac si tram xa 01", &mut blocks));
+        // argon2i and argon2d hashes are checked as what they are.
+        for alg in [Algorithm::Argon2i, Algorithm::Argon2d] {
+            let h = Argon2::new(
+                alg,
+                Version::V0x13,
+                Params::new(1024, 1, 1, None).expect("params"),
+            )
+            .hash_password(b"x1y2z3w4v5")
+            .expect("hashes")
+            .to_string();
+            assert!(verify(Some(&h), "x1y2z3w4v5"), "{h}");
+            assert!(!verify(Some(&h), "x1y2z3w4v6"), "{h}");
+        }
     }
 
     #[test]
