@@ -222,8 +222,24 @@ pub async fn issue(
         if r.get("resourceType").and_then(Value::as_str) != Some("MedicationRequest") {
             continue;
         }
-        if all && r.get("groupIdentifier").is_none() {
-            r["groupIdentifier"] = json!({"system": PRESCRIPTION_CODE});
+        if all {
+            match r.get("groupIdentifier") {
+                None => r["groupIdentifier"] = json!({"system": PRESCRIPTION_CODE}),
+                Some(_) if is_line(r) => {}
+                Some(_) => {
+                    return Err(Error::Unprocessable(vec![
+                        Issue::error(
+                            "business-rule",
+                            format!(
+                                "an e-prescription line's groupIdentifier is its prescription \
+                                 code ({PRESCRIPTION_CODE}), which the server assigns: carry \
+                                 your own identifier in identifier"
+                            ),
+                        )
+                        .at(format!("{}.groupIdentifier", at(i))),
+                    ]));
+                }
+            }
         }
         if is_line(r) && method == "POST" {
             lines.push(i);

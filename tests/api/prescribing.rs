@@ -324,6 +324,19 @@ async fn prescriptions_are_issued_within_the_law(app: TestApp) {
     )
     .await
     .assert_outcome(403);
+    // A line's groupIdentifier is the prescription code: a hospital's own group id is refused.
+    let mut l = line("C08CA01", "Amlodipin 5mg", 5, 5, "J06.9");
+    l["groupIdentifier"] = json!({"system": "https://emr.bva.vn/order-group", "value": "G-7"});
+    let r = as_user(
+        &app,
+        &dr,
+        Method::POST,
+        "MedicationRequest/$prescribe",
+        Some(&bundle(&[l])),
+    )
+    .await;
+    r.assert_outcome(422);
+    assert!(r.body.contains("carry your own identifier"), "{}", r.body);
     // The server assigns codes.
     let mut l = line("C08CA01", "Amlodipin 5mg", 5, 5, "J06.9");
     l["groupIdentifier"]["value"] = json!("01001AAAAAAA-c");
