@@ -341,6 +341,17 @@ pub async fn national_export(req: HttpRequest, state: web::Data<AppState>) -> Ht
         .reply(&req, Interaction::Operations, |ctx| async {
             let ctx = ctx;
             let code = code_of(query(&req, "code"), &ctx)?;
+            // The payload carries the patient's identity: it is for the prescribing facility
+            // (and the patient), not for pharmacies, which dispense by code.
+            if ctx
+                .guard
+                .as_ref()
+                .is_some_and(|g| g.principal.role == Role::Pharmacist)
+            {
+                return Err(ctx.error(Error::Forbidden(
+                    "the national-system payload is the prescribing facility's to forward".into(),
+                )));
+            }
             let (rx, lines) = readable(&state, &ctx, &code).await?;
             let mut mrs = Vec::new();
             for l in &lines {

@@ -478,6 +478,16 @@ async fn prescriptions_are_issued_within_the_law(app: TestApp) {
     assert_eq!(v["loai_don_thuoc"], "c");
     assert_eq!(v["ma_dinh_danh_y_te"], crate::auth::CCCD_A);
     assert_eq!(v["chan_doan"][0]["ma_chan_doan"], "J06.9");
+    // Not for pharmacies: it carries the patient's identity.
+    as_user(
+        &app,
+        &ds,
+        Method::GET,
+        &format!("MedicationRequest/$national-export?code={code}"),
+        None,
+    )
+    .await
+    .assert_outcome(403);
     // B's patient sees nothing of A's prescription.
     let pb = user_token(&app, crate::auth::CCCD_B).await;
     as_user(
