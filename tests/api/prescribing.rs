@@ -79,16 +79,21 @@ fn bundle(lines: &[Value]) -> Value {
         "entry": lines.iter().map(|l| json!({"resource": l})).collect::<Vec<_>>()})
 }
 
-/// Issues through `$prescribe`; the code and the line ids.
-async fn prescribe(app: &TestApp, token: &str, lines: &[Value]) -> (String, Vec<String>) {
-    let r = as_user(
+/// `$prescribe`, answered as it may be.
+async fn try_prescribe(app: &TestApp, token: &str, lines: &[Value]) -> crate::helpers::Resp {
+    as_user(
         app,
         token,
         Method::POST,
         "MedicationRequest/$prescribe",
         Some(&bundle(lines)),
     )
-    .await;
+    .await
+}
+
+/// Issues through `$prescribe`; the code and the line ids.
+async fn prescribe(app: &TestApp, token: &str, lines: &[Value]) -> (String, Vec<String>) {
+    let r = try_prescribe(app, token, lines).await;
     assert_eq!(r.status, 200, "{}", r.body);
     let v = r.json();
     let mut ids = Vec::new();
@@ -163,6 +168,20 @@ async fn prescriptions_are_issued_within_the_law(app: TestApp) {
     assert!(code.starts_with("01001") && code.ends_with("-c"), "{code}");
     assert_eq!(ids.len(), 1);
     // Each rule with a failing case: 422 with an issue citing the circular, nothing written.
+    let count = || async {
+        as_user(
+            &app,
+            &dr,
+            Method::GET,
+            "MedicationRequest?patient=pa&_summary=count",
+            None,
+        )
+        .await
+        .json()["total"]
+            .as_i64()
+            .unwrap()
+    };
+    let before = count().await;
     let cases: Vec<(Value, &str, &str)> = vec![
         (
             line("C08CA01", "Amlodipin 5mg", 31, 31, "J06.9"),
@@ -191,14 +210,7 @@ async fn prescriptions_are_issued_within_the_law(app: TestApp) {
         ),
     ];
     for (l, says, at) in cases {
-        let r = as_user(
-            &app,
-            &dr,
-            Method::POST,
-            "MedicationRequest/$prescribe",
-            Some(&bundle(&[l])),
-        )
-        .await;
+        let r = try_prescribe(&app, &dr, &[l]).await;
         let oo = r.assert_outcome(422);
         assert!(
             r.body.contains(says) && r.body.contains("TT 26/2025/TT-BYT"),
@@ -214,6 +226,7 @@ async fn prescriptions_are_issued_within_the_law(app: TestApp) {
             r.body
         );
     }
+    assert_eq!(count().await, before);
     // The passing side of the same rules.
     prescribe(
         &app,
@@ -240,15 +253,13 @@ async fn prescriptions_are_issued_within_the_law(app: TestApp) {
         json!({"value": 10, "unit": "ngày", "code": "d"});
     prescribe(&app, &dr, &[phased]).await;
     // Ordinary and narcotic lines of one visit: two prescriptions, two codes.
-    let r = as_user(
+    let r = try_prescribe(
         &app,
         &dr,
-        Method::POST,
-        "MedicationRequest/$prescribe",
-        Some(&bundle(&[
+        &[
             line("C08CA01", "Amlodipin 5mg", 5, 5, "S72.0"),
             line("N02AA01", "Morphin 10mg", 5, 10, "S72.0"),
-        ])),
+        ],
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
@@ -277,14 +288,7 @@ async fn prescriptions_are_issued_within_the_law(app: TestApp) {
     bare.as_object_mut().unwrap().remove("reasonCode");
     bare["medicationCodeableConcept"] =
         json!({"coding": [{"system": "http://www.whocc.no/atc", "code": "C08CA01"}]});
-    let r = as_user(
-        &app,
-        &dr,
-        Method::POST,
-        "MedicationRequest/$prescribe",
-        Some(&bundle(&[bare])),
-    )
-    .await;
+    let r = try_prescribe(&app, &dr, &[bare]).await;
     r.assert_outcome(422);
     for what in ["route", "quantity", "ICD-10", "by name and strength"] {
         assert!(r.body.contains(what), "{what}: {}", r.body);
@@ -302,39 +306,17 @@ async fn prescriptions_are_issued_within_the_law(app: TestApp) {
     let mut l = line("C08CA01", "Amlodipin 5mg", 5, 5, "J06.9");
     l["requester"] = json!({"reference": "Practitioner/dr-nolicence"});
     let sys = system_token(&app, "system/*.cruds").await;
-    let r = as_user(
-        &app,
-        &sys,
-        Method::POST,
-        "MedicationRequest/$prescribe",
-        Some(&bundle(&[l])),
-    )
-    .await;
+    let r = try_prescribe(&app, &sys, &[l]).await;
     r.assert_outcome(422);
     assert!(r.body.contains("licence"), "{}", r.body);
     // A doctor signs only their own prescriptions.
     let mut l = line("C08CA01", "Amlodipin 5mg", 5, 5, "J06.9");
     l["requester"] = json!({"reference": "Practitioner/dr-nolicence"});
-    as_user(
-        &app,
-        &dr,
-        Method::POST,
-        "MedicationRequest/$prescribe",
-        Some(&bundle(&[l])),
-    )
-    .await
-    .assert_outcome(403);
+    try_prescribe(&app, &dr, &[l]).await.assert_outcome(403);
     // A line's groupIdentifier is the prescription code: a hospital's own group id is refused.
     let mut l = line("C08CA01", "Amlodipin 5mg", 5, 5, "J06.9");
     l["groupIdentifier"] = json!({"system": "https://emr.bva.vn/order-group", "value": "G-7"});
-    let r = as_user(
-        &app,
-        &dr,
-        Method::POST,
-        "MedicationRequest/$prescribe",
-        Some(&bundle(&[l])),
-    )
-    .await;
+    let r = try_prescribe(&app, &dr, &[l]).await;
     r.assert_outcome(422);
     assert!(r.body.contains("carry your own identifier"), "{}", r.body);
     // The server assigns codes.
@@ -392,12 +374,10 @@ async fn prescriptions_are_issued_within_the_law(app: TestApp) {
     )
     .await;
     let tram = r.json()["access_token"].as_str().unwrap().to_string();
-    let r = as_user(
+    let r = try_prescribe(
         &app,
         &tram,
-        Method::POST,
-        "MedicationRequest/$prescribe",
-        Some(&bundle(&[line("N02AA01", "Morphin 10mg", 5, 10, "S72.0")])),
+        &[line("N02AA01", "Morphin 10mg", 5, 10, "S72.0")],
     )
     .await;
     r.assert_outcome(422);
@@ -412,41 +392,21 @@ async fn prescriptions_are_issued_within_the_law(app: TestApp) {
     let mut l = line("C08CA01", "Amlodipin 5mg", 5, 5, "J06.9");
     l["subject"] = json!({"reference": "Patient/p-noid"});
     l["encounter"] = json!({"reference": "Encounter/e-noid"});
-    let r = as_user(
-        &app,
-        &dr,
-        Method::POST,
-        "MedicationRequest/$prescribe",
-        Some(&bundle(&[l])),
-    )
-    .await;
+    let r = try_prescribe(&app, &dr, &[l]).await;
     r.assert_outcome(422);
     assert!(r.body.contains("citizen ID or a passport"), "{}", r.body);
     // A patient whose record the doctor may not see: refused without a word about them.
     let mut l = line("C08CA01", "Amlodipin 5mg", 5, 5, "J06.9");
     l["subject"] = json!({"reference": format!("Patient/{}", crate::auth::PB)});
     l.as_object_mut().unwrap().remove("encounter");
-    let r = as_user(
-        &app,
-        &dr,
-        Method::POST,
-        "MedicationRequest/$prescribe",
-        Some(&bundle(&[l])),
-    )
-    .await;
+    let r = try_prescribe(&app, &dr, &[l]).await;
     assert!(matches!(r.status, 403 | 404), "{}", r.body);
     assert!(!r.body.contains("citizen"), "{}", r.body);
     // Patients and pharmacists do not prescribe.
     let pt = user_token(&app, crate::auth::CCCD_A).await;
-    as_user(
-        &app,
-        &pt,
-        Method::POST,
-        "MedicationRequest/$prescribe",
-        Some(&bundle(&[line("C08CA01", "A", 5, 5, "J06.9")])),
-    )
-    .await
-    .assert_outcome(403);
+    try_prescribe(&app, &pt, &[line("C08CA01", "A", 5, 5, "J06.9")])
+        .await
+        .assert_outcome(403);
     // A pharmacist finds the first prescription by its code, in either case, and lists none.
     let ds = user_token(&app, "ds.chi").await;
     as_user(&app, &ds, Method::GET, "MedicationRequest?patient=pa", None)
@@ -593,14 +553,7 @@ async fn issued_prescriptions_are_immutable_replaced_and_cancelled(app: TestApp)
     .json();
     assert_eq!(old["status"], "cancelled");
     // A replaced prescription is not replaced twice, nor dispensed.
-    let r = as_user(
-        &app,
-        &dr,
-        Method::POST,
-        "MedicationRequest/$prescribe",
-        Some(&bundle(&[fixed])),
-    )
-    .await;
+    let r = try_prescribe(&app, &dr, &[fixed]).await;
     r.assert_outcome(422);
     let ds = user_token(&app, "ds.chi").await;
     as_user(
@@ -737,14 +690,7 @@ async fn pharmacies_dispense_within_what_was_prescribed(app: TestApp) {
     // twice): it is cancelled and a new one issued.
     let mut fixed = line("C08CA01", "Amlodipin 5mg", 10, 10, "I10");
     fixed["priorPrescription"] = json!({"reference": format!("MedicationRequest/{}", ids2[0])});
-    let refused = as_user(
-        &app,
-        &dr,
-        Method::POST,
-        "MedicationRequest/$prescribe",
-        Some(&bundle(&[fixed])),
-    )
-    .await;
+    let refused = try_prescribe(&app, &dr, &[fixed]).await;
     refused.assert_outcome(422);
     assert!(
         refused.body.contains("dispensed in part"),
