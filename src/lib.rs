@@ -22,5 +22,6 @@ pub mod error;
 pub mod fhir;
 pub mod prescribing;
 pub mod store;
+pub mod telehealth;
 pub mod telemetry;
 pub mod vn;

@@ -7,6 +7,7 @@
 //! - `error`: errors as OperationOutcome responses.
 
 pub mod access;
+pub mod consultations;
 pub mod error;
 pub mod negotiate;
 pub mod oauth;
@@ -215,6 +216,22 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/healthz").route(get().to(ops::healthz)))
         .service(resource("/auth/token").route(post().to(oauth::token)))
         .service(resource("/auth/revoke").route(post().to(oauth::revoke)))
+        .service(
+            resource("/api/consultations")
+                .route(post().to(consultations::ask))
+                .route(get().to(consultations::list))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            resource("/api/consultations/{id}")
+                .route(get().to(consultations::show))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            resource("/api/consultations/{id}/{action}")
+                .route(post().to(consultations::act))
+                .default_service(web::to(method_not_allowed)),
+        )
         .service(
             resource("/.well-known/smart-configuration")
                 .route(get().to(oauth::smart_configuration)),

@@ -7,6 +7,7 @@ mod access;
 mod auth;
 mod bundles;
 mod conditional;
+mod consultations;
 mod crud;
 mod errors;
 mod examples;
