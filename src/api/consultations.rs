@@ -198,6 +198,12 @@ pub async fn ask(
                     "hospital",
                 )));
             }
+            // The patient must be one the station may already see (one it has seen: the request
+            // would otherwise make them its patient), and the hospital must exist.
+            let patient = a.patient.trim_start_matches("Patient/");
+            load(&state, &ctx, "Patient", patient).await?;
+            let hospital = a.hospital.trim_start_matches("Organization/");
+            load(&state, &ctx, "Organization", hospital).await?;
             let start = parse_instant(&a.start).map(|d| d.range().0).unwrap_or(0);
             let out =
                 transaction(&state, &ctx, telehealth::ask_bundle(&a, &station, start)).await?;

@@ -133,6 +133,21 @@ async fn a_station_consults_a_hospital_and_it_lands_in_the_record(app: TestApp) 
         r.assert_outcome(400);
         assert!(r.body.contains(says), "{says}: {}", r.body);
     }
+    // A station asks only about patients it may already see, of hospitals that exist.
+    api(
+        &app,
+        &yt,
+        Method::POST,
+        "",
+        Some(&ask(&format!("Patient/{PB}"))),
+    )
+    .await
+    .assert_outcome(404);
+    let mut nowhere = ask("Patient/pa");
+    nowhere["hospital"] = json!("Organization/no-such-hospital");
+    api(&app, &yt, Method::POST, "", Some(&nowhere))
+        .await
+        .assert_outcome(404);
     // Patients do not ask for consultations.
     api(&app, &pa, Method::POST, "", Some(&ask("Patient/pa")))
         .await
@@ -269,7 +284,6 @@ async fn a_station_consults_a_hospital_and_it_lands_in_the_record(app: TestApp) 
         .assert_outcome(404);
     let r = api(&app, &pb, Method::GET, "?patient=Patient/pa", None).await;
     assert!(ids(&r.json()).is_empty(), "{}", r.body);
-    let _ = PB;
 }
 
 async fn requests_are_answered_only_by_the_hospital_asked(app: TestApp) {
