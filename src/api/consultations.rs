@@ -25,7 +25,7 @@ use crate::error::Error;
 use crate::fhir::bundle::{self, BundleOptions};
 use crate::fhir::datetime::{now_millis, parse_instant};
 use crate::fhir::outcome::Issue;
-use crate::telehealth::{self, Ask, Conclusion};
+use crate::telehealth::{self, Ask, Conclusion, join};
 
 fn json_reply(status: StatusCode, v: &Value) -> HttpResponse {
     HttpResponse::build(status)
@@ -344,6 +344,17 @@ struct Accept {
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
+struct Invite {
+    /// Let the patient join the video.
+    #[serde(default)]
+    patient: bool,
+    /// Add an observer (`Practitioner/id`): receives, never publishes.
+    #[serde(default)]
+    observer: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Decline {
     reason: String,
 }
@@ -401,6 +412,10 @@ pub async fn act(
             let ctx = ctx;
             let (id, action) = path.into_inner();
             let mut c = consultation(&state, &ctx, &id).await?;
+            if action == "join" {
+                return join(&state, &ctx, &c);
+            }
+            let mut request_changed = true;
             let mut entries = match action.as_str() {
                 "accept" => {
                     for_hospital(&ctx, &c)?;
@@ -422,7 +437,35 @@ pub async fn act(
                     telehealth::decline(&mut c.appointment, &mut c.request, &body.reason);
                     Vec::new()
                 }
+                "invite" => {
+                    for_doctor(&ctx, &c)?;
+                    let state_now = telehealth::state_of(&c.appointment);
+                    if !matches!(state_now, "accepted" | "in-progress") {
+                        return Err(conflict(
+                            &ctx,
+                            format!("the consultation is {state_now}: nobody is invited now"),
+                        ));
+                    }
+                    let body: Invite = json_body(&req, payload, &state, &ctx).await?;
+                    if body.patient {
+                        join::invite_patient(&mut c.appointment);
+                    }
+                    if let Some(o) = &body.observer {
+                        let oid = o.strip_prefix("Practitioner/").ok_or_else(|| {
+                            ctx.error(Error::invalid_at(
+                                "value",
+                                "an observer is a Practitioner",
+                                "observer",
+                            ))
+                        })?;
+                        load(&state, &ctx, "Practitioner", oid).await?;
+                        join::add_observer(&mut c.appointment, o);
+                    }
+                    request_changed = false;
+                    Vec::new()
+                }
                 "start" => {
+                    request_changed = false;
                     for_doctor(&ctx, &c)?;
                     must_be(&ctx, &c, "accepted", &action)?;
                     let request_ref = format!("ServiceRequest/{}", c.request_id);
@@ -439,7 +482,8 @@ pub async fn act(
                 }
                 other => {
                     return Err(ctx.error(Error::NotFound(format!(
-                        "'{other}' is not a consultation action (accept, decline, start, end)"
+                        "'{other}' is not a consultation action (accept, decline, invite, join, \
+                         start, end)"
                     ))));
                 }
             };
@@ -449,12 +493,14 @@ pub async fn act(
                 c.appointment_version,
                 c.appointment,
             ));
-            entries.push(put(
-                "ServiceRequest",
-                &c.request_id,
-                c.request_version,
-                c.request,
-            ));
+            if request_changed {
+                entries.push(put(
+                    "ServiceRequest",
+                    &c.request_id,
+                    c.request_version,
+                    c.request,
+                ));
+            }
             let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
             let out = transaction(&state, &ctx, tx).await?;
             Ok(json_reply(
@@ -463,6 +509,43 @@ pub async fn act(
             ))
         })
         .await
+}
+
+/// `POST .../join`: a join token for the caller, if they may enter the room (403 otherwise),
+/// while the consultation is accepted or being held (409 otherwise).
+fn join(state: &AppState, ctx: &Ctx, c: &Loaded) -> Result<HttpResponse, ApiError> {
+    let now_state = telehealth::state_of(&c.appointment);
+    if !matches!(now_state, "accepted" | "in-progress") {
+        return Err(conflict(
+            ctx,
+            format!("the consultation is {now_state}: its room is closed"),
+        ));
+    }
+    let (org, me, _) = caller(ctx);
+    let Some(me) = me else {
+        return Err(ctx.error(Error::Forbidden(
+            "joining takes a signed-in person (fhirUser)".into(),
+        )));
+    };
+    let who = join::Who {
+        fhir_user: Some(&me),
+        organization: org.as_deref(),
+    };
+    let Some(role) = join::role_of(&c.appointment, &c.request, &who) else {
+        return Err(ctx.error(Error::Forbidden(
+            "only the assigned doctor, the asking station's staff, the invited patient and \
+             observers the doctor added may join"
+                .into(),
+        )));
+    };
+    let now = u64::try_from(now_millis() / 1000).unwrap_or(0);
+    let (token, claims) = join::mint(&state.join_keys, join::ISSUER, &c.id, &me, role, now)
+        .map_err(|e| ctx.error(Error::invalid("exception", e)))?;
+    Ok(json_reply(
+        StatusCode::OK,
+        &json!({"token": token, "role": claims.role, "participant": claims.sub,
+            "expiresAt": claims.exp, "signal": format!("/api/consultations/{}/signal", c.id)}),
+    ))
 }
 
 /// 409 unless the consultation is in state `want`.

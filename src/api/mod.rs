@@ -102,6 +102,9 @@ pub struct AppState {
     pub auth: Option<access::AuthState>,
     /// Days an e-prescription may be dispensed after issue.
     pub rx_valid_days: i64,
+    /// The keys consultation join tokens are signed with (`YBA_TOKEN_KEYS`, or made up at
+    /// start), with or without auth.
+    pub join_keys: Arc<crate::auth::token::Keys>,
 }
 
 impl AppState {
@@ -442,7 +445,11 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         );
         (None, None)
     };
+    let join_keys =
+        crate::auth::token::Keys::parse(config.token_keys.as_ref().map(|k| k.0.as_str()))
+            .map_err(StartError::Config)?;
     let state = web::Data::new(AppState {
+        join_keys: Arc::new(join_keys),
         fhir: fhir.clone(),
         metrics: Arc::new(Metrics::new(&Interaction::ALL.map(Interaction::name))),
         max_body: config.max_body,

@@ -68,6 +68,11 @@ impl Keys {
 
     /// Signs claims with the current key.
     pub fn sign(&self, claims: &AccessClaims) -> Result<String, String> {
+        self.sign_claims(claims)
+    }
+
+    /// Signs any claims with the current key (access tokens, consultation join tokens).
+    pub fn sign_claims<T: Serialize>(&self, claims: &T) -> Result<String, String> {
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(self.signing.0.clone());
         jsonwebtoken::encode(&header, claims, &self.signing.1).map_err(|e| e.to_string())
@@ -75,6 +80,17 @@ impl Keys {
 
     /// Verifies an access token: a known `kid`, a good signature, not expired, ours.
     pub fn verify(&self, token: &str, issuer: &str) -> Result<AccessClaims, TokenError> {
+        self.verify_claims(token, issuer, AUDIENCE)
+    }
+
+    /// Verifies a token of this server for `audience`: a known `kid`, a good signature, not
+    /// expired (5 s of leeway), with `exp`, `iss`, `aud` and `sub`.
+    pub fn verify_claims<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        issuer: &str,
+        audience: &str,
+    ) -> Result<T, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if header.alg != Algorithm::HS256 {
             return Err(TokenError::Forged);
@@ -87,9 +103,9 @@ impl Keys {
         let mut v = Validation::new(Algorithm::HS256);
         v.leeway = 5;
         v.set_issuer(&[issuer]);
-        v.set_audience(&[AUDIENCE]);
+        v.set_audience(&[audience]);
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        jsonwebtoken::decode::<AccessClaims>(token, key, &v)
+        jsonwebtoken::decode::<T>(token, key, &v)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,

@@ -17,6 +17,8 @@
 //!
 //! This module builds those resources; `api::consultations` writes them as transactions.
 
+pub mod join;
+
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -139,7 +141,8 @@ pub fn ask_bundle(a: &Ask, station: &str, start_ms: i64) -> Value {
         "priority": priority_number(&a.urgency),
         "basedOn": [{"reference": "urn:uuid:consultation-request"}],
         "start": a.start, "end": end, "minutesDuration": a.minutes,
-        "participant": [{"actor": {"reference": a.patient}, "status": "accepted", "required": "required"}]});
+        // The patient joins the video once the doctor invites them (`join::invite_patient`).
+        "participant": [{"actor": {"reference": a.patient}, "status": "needs-action", "required": "required"}]});
     if let (Some(r), Some(p)) = (&a.requester, appt["participant"].as_array_mut()) {
         p.push(json!({"actor": {"reference": r}, "status": "accepted", "required": "required"}));
     }

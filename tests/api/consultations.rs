@@ -49,18 +49,32 @@ async fn station_world(app: &TestApp) {
     ] {
         fhir.update(ty, id.into(), v, None).await.unwrap();
     }
-    service::create_user(
-        &store,
-        NewUser {
-            username: "yt.binh".into(),
-            role: Role::Practitioner,
-            fhir_user: Some("Practitioner/yt-binh".into()),
-            organization: Some("Organization/tram-c".into()),
-        },
-        PW,
+    fhir.update(
+        "Practitioner",
+        "sv-hoa".into(),
+        json!({"resourceType": "Practitioner", "id": "sv-hoa", "name": [{"family": "Hoa"}]}),
+        None,
     )
     .await
     .unwrap();
+    // The station's health worker; a resident of the hospital who may observe.
+    for (user, practitioner, org) in [
+        ("yt.binh", "Practitioner/yt-binh", "Organization/tram-c"),
+        ("sv.hoa", "Practitioner/sv-hoa", "Organization/org-a"),
+    ] {
+        service::create_user(
+            &store,
+            NewUser {
+                username: user.into(),
+                role: Role::Practitioner,
+                fhir_user: Some(practitioner.into()),
+                organization: Some(org.into()),
+            },
+            PW,
+        )
+        .await
+        .unwrap();
+    }
 }
 
 fn ask(patient: &str) -> Value {
@@ -207,6 +221,59 @@ async fn a_station_consults_a_hospital_and_it_lands_in_the_record(app: TestApp) 
     )
     .await;
     assert_eq!(ids(&r.json()), vec![id.as_str()], "{}", r.body);
+    // Who may enter the room, and as what.
+    let room = format!("/{id}/join");
+    let r = api(&app, &dr, Method::POST, &room, None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["role"], "moderator");
+    assert_eq!(r.json()["participant"], "Practitioner/dr-an");
+    let token = r.json()["token"].as_str().unwrap().to_string();
+    assert_eq!(
+        api(&app, &yt, Method::POST, &room, None).await.json()["role"],
+        "publisher"
+    );
+    api(&app, &pa, Method::POST, &room, None)
+        .await
+        .assert_outcome(403);
+    let pb = user_token(&app, CCCD_B).await;
+    api(&app, &pb, Method::POST, &room, None)
+        .await
+        .assert_outcome(404);
+    let sv = user_token(&app, "sv.hoa").await;
+    api(&app, &sv, Method::POST, &room, None)
+        .await
+        .assert_outcome(403);
+    // Only the doctor invites; the patient and an observer then join.
+    let invite = json!({"patient": true, "observer": "Practitioner/sv-hoa"});
+    api(
+        &app,
+        &yt,
+        Method::POST,
+        &format!("/{id}/invite"),
+        Some(&invite),
+    )
+    .await
+    .assert_outcome(403);
+    let r = api(
+        &app,
+        &dr,
+        Method::POST,
+        &format!("/{id}/invite"),
+        Some(&invite),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        api(&app, &pa, Method::POST, &room, None).await.json()["role"],
+        "publisher"
+    );
+    assert_eq!(
+        api(&app, &sv, Method::POST, &room, None).await.json()["role"],
+        "subscriber"
+    );
+    // A join token is not an access token.
+    let r = as_user(&app, &token, Method::GET, "Patient/pa", None).await;
+    assert_eq!(r.status, 401, "{}", r.body);
     // Only the doctor holds it; it cannot end before it starts.
     api(&app, &yt, Method::POST, &format!("/{id}/start"), None)
         .await
@@ -265,7 +332,15 @@ async fn a_station_consults_a_hospital_and_it_lands_in_the_record(app: TestApp) 
     .await
     .json();
     assert_eq!(referral["performer"][0]["reference"], "Organization/org-a");
-    let r = as_user(&app, &pa, Method::GET, "Patient/pa/$everything", None).await;
+    let r = as_user(
+        &app,
+        &pa,
+        Method::GET,
+        "Encounter?class=VR&status=finished",
+        None,
+    )
+    .await;
+    assert_eq!(r.json()["total"], 1, "{}", r.body);
     assert!(
         r.body.contains(&encounter.replace("Encounter/", "")),
         "{}",
@@ -293,6 +368,10 @@ async fn requests_are_answered_only_by_the_hospital_asked(app: TestApp) {
     let r = api(&app, &yt, Method::POST, "", Some(&ask("Patient/pa"))).await;
     assert_eq!(r.status, 201, "{}", r.body);
     let id = r.json()["id"].as_str().unwrap().to_string();
+    // No room before the hospital accepts.
+    api(&app, &yt, Method::POST, &format!("/{id}/join"), None)
+        .await
+        .assert_outcome(409);
     // The station cannot answer its own request.
     api(
         &app,
