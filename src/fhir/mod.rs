@@ -38,3 +38,20 @@ pub mod xml_check;
 
 pub use format::Format;
 pub use interactions::{Fhir, Patch, Stored, Written};
+
+/// The `(system, code)` pairs of a CodeableConcept.
+pub fn codings(concept: &serde_json::Value) -> impl Iterator<Item = (&str, &str)> {
+    concept
+        .get("coding")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            Some((
+                c.get("system")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or(""),
+                c.get("code")?.as_str()?,
+            ))
+        })
+}

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
+use crate::fhir::codings;
 use crate::fhir::datetime::format_instant;
 use crate::fhir::interactions::{Change, Fhir, Gate, update_in};
 use crate::fhir::outcome::Issue;
@@ -98,21 +99,6 @@ pub fn kind_of(r: &Value) -> PrescriptionKind {
         }
     }
     PrescriptionKind::Ordinary
-}
-
-/// The `(system, code)` pairs of a CodeableConcept.
-pub(crate) fn codings(concept: &Value) -> impl Iterator<Item = (&str, &str)> {
-    concept
-        .get("coding")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|c| {
-            Some((
-                c.get("system").and_then(Value::as_str).unwrap_or(""),
-                c.get("code")?.as_str()?,
-            ))
-        })
 }
 
 /// Whether a code system is ICD-10 (the WHO's, HL7's or the Vietnamese edition's URL).
@@ -826,29 +812,45 @@ pub fn withdraw(
             rx.status
         )));
     }
+    let why = match (replaced_by, reason) {
+        (Some(n), _) => format!("replaced by {n}"),
+        (None, Some(r)) => r.to_string(),
+        (None, None) => to.to_string(),
+    };
+    set_lines_status(s, code, "cancelled", Some(&why), now)
+}
+
+/// Gives every line of a prescription a new version with `status` (and `statusReason`), so that
+/// the record shows what became of it. The server's own writes: the lines are otherwise
+/// immutable.
+fn set_lines_status(
+    s: &mut Session<'_>,
+    code: &str,
+    status: &str,
+    why: Option<&str>,
+    now: i64,
+) -> Result<()> {
     for line in s.prescription_lines(code)? {
-        if let Some(cur) = s.current("MedicationRequest", &line.request_id)? {
-            let mut v: Value = serde_json::from_str(&cur.body).unwrap_or(Value::Null);
-            if !v.is_object() {
-                continue;
-            }
-            v["status"] = json!("cancelled");
-            let why = match (replaced_by, reason) {
-                (Some(n), _) => format!("replaced by {n}"),
-                (None, Some(r)) => r.to_string(),
-                (None, None) => to.to_string(),
-            };
-            v["statusReason"] = json!({"text": why});
-            update_in(
-                s,
-                "MedicationRequest",
-                &line.request_id,
-                v,
-                None,
-                Method::Update,
-                now,
-            )?;
+        let Some(cur) = s.current("MedicationRequest", &line.request_id)? else {
+            continue;
+        };
+        let mut v: Value = serde_json::from_str(&cur.body).unwrap_or(Value::Null);
+        if !v.is_object() {
+            continue;
         }
+        v["status"] = json!(status);
+        if let Some(w) = why {
+            v["statusReason"] = json!({"text": w});
+        }
+        update_in(
+            s,
+            "MedicationRequest",
+            &line.request_id,
+            v,
+            None,
+            Method::Update,
+            now,
+        )?;
     }
     Ok(())
 }
@@ -933,8 +935,9 @@ fn dispense(s: &mut Session<'_>, md: &Value, now: i64) -> Result<()> {
         .prescription_lines(&rx.code)?
         .iter()
         .all(|l| l.dispensed + 1e-9 >= l.quantity);
-    if all_done {
-        s.set_prescription_status(&rx.code, "active", "completed", None, None)?;
+    if all_done && s.set_prescription_status(&rx.code, "active", "completed", None, None)? {
+        // Dispensed in full: the lines are completed (R4 MedicationRequest.status).
+        set_lines_status(s, &rx.code, "completed", None, now)?;
     }
     Ok(())
 }

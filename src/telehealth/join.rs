@@ -69,16 +69,8 @@ fn has_type(p: &Value, system: &str, code: &str) -> bool {
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .flat_map(|t| {
-            t.get("coding")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-        })
-        .any(|c| {
-            c.get("system").and_then(Value::as_str) == Some(system)
-                && c.get("code").and_then(Value::as_str) == Some(code)
-        })
+        .flat_map(crate::fhir::codings)
+        .any(|c| c == (system, code))
 }
 
 /// The role `who` may join the consultation in, if any: the assigned doctor moderates; the

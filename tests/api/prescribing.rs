@@ -656,6 +656,16 @@ async fn pharmacies_dispense_within_what_was_prescribed(app: TestApp) {
     let st = status(&app, &dr, &code).await;
     assert_eq!(dispensed(&st), 10.0);
     assert_eq!(param(&st, "status")["valueCode"], "completed");
+    // The line itself says so in the record.
+    let mr = as_user(
+        &app,
+        &dr,
+        Method::GET,
+        &format!("MedicationRequest/{}", ids[0]),
+        None,
+    )
+    .await;
+    assert_eq!(mr.json()["status"], "completed", "{}", mr.body);
     as_user(
         &app,
         &ds,
