@@ -26,24 +26,13 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args {
-        db: "sqlite".into(),
-        seconds: 10,
-        clients: 32,
-        patients: 500,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(k) = it.next() {
-        let mut v = || it.next().unwrap_or_default();
-        match k.as_str() {
-            "--db" => a.db = v(),
-            "--seconds" => a.seconds = v().parse().unwrap_or(10),
-            "--clients" => a.clients = v().parse().unwrap_or(32),
-            "--patients" => a.patients = v().parse().unwrap_or(500),
-            _ => {}
-        }
+    let f = common::Flags::parse();
+    Args {
+        db: f.text("db", "sqlite"),
+        seconds: f.num("seconds", 10),
+        clients: f.num("clients", 32),
+        patients: f.num("patients", 500),
     }
-    a
 }
 
 fn patient(n: u64) -> Value {

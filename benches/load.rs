@@ -29,28 +29,15 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args {
-        db: "sqlite".into(),
-        seconds: 10,
-        clients: 32,
-        ingest_clients: 4,
-        bundles: 60,
-        phases: "create,read,update,ingest".into(),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(k) = it.next() {
-        let mut v = || it.next().unwrap_or_default();
-        match k.as_str() {
-            "--db" => a.db = v(),
-            "--seconds" => a.seconds = v().parse().unwrap_or(10),
-            "--clients" => a.clients = v().parse().unwrap_or(32),
-            "--ingest-clients" => a.ingest_clients = v().parse().unwrap_or(4),
-            "--bundles" => a.bundles = v().parse().unwrap_or(60),
-            "--phases" => a.phases = v(),
-            _ => {}
-        }
+    let f = common::Flags::parse();
+    Args {
+        db: f.text("db", "sqlite"),
+        seconds: f.num("seconds", 10),
+        clients: f.num("clients", 32),
+        ingest_clients: f.num("ingest-clients", 4),
+        bundles: f.num("bundles", 60),
+        phases: f.text("phases", "create,read,update,ingest"),
     }
-    a
 }
 
 /// Person `n`. Distinct `n` (below 120 million) are distinct people, each with a citizen ID of

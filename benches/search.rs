@@ -56,26 +56,14 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args {
-        db: "sqlite".into(),
-        patients: 1000,
-        seconds: 5,
-        clients: 16,
-        keep: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(k) = it.next() {
-        let mut v = || it.next().unwrap_or_default();
-        match k.as_str() {
-            "--db" => a.db = v(),
-            "--patients" => a.patients = v().parse().unwrap_or(1000),
-            "--seconds" => a.seconds = v().parse().unwrap_or(5),
-            "--clients" => a.clients = v().parse().unwrap_or(16),
-            "--keep" => a.keep = true,
-            _ => {}
-        }
+    let f = common::Flags::parse();
+    Args {
+        db: f.text("db", "sqlite"),
+        patients: f.num("patients", 1000),
+        seconds: f.num("seconds", 5),
+        clients: f.num("clients", 16),
+        keep: f.on("keep"),
     }
-    a
 }
 
 /// Patient `n`'s citizen ID: a province, the century-and-sex digit and the birth year that

@@ -213,3 +213,46 @@ fn status_kb(pid: u32, field: &str) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// The command line of a bench: `--name value` pairs and bare `--switch`es.
+pub struct Flags(Vec<(String, Option<String>)>);
+
+impl Flags {
+    pub fn parse() -> Flags {
+        let mut out = Vec::new();
+        let mut it = std::env::args().skip(1).peekable();
+        while let Some(k) = it.next() {
+            let Some(name) = k.strip_prefix("--") else {
+                continue;
+            };
+            let value = it.next_if(|v| !v.starts_with("--"));
+            out.push((name.to_string(), value));
+        }
+        Flags(out)
+    }
+
+    fn value(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    /// `--name value`, or `default`.
+    pub fn text(&self, name: &str, default: &str) -> String {
+        self.value(name).unwrap_or(default).to_string()
+    }
+
+    /// `--name number`, or `default` (also when it does not parse).
+    pub fn num<T: std::str::FromStr>(&self, name: &str, default: T) -> T {
+        self.value(name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    /// Whether `--name` was given.
+    pub fn on(&self, name: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == name)
+    }
+}

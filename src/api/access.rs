@@ -201,6 +201,38 @@ pub async fn readable(
         .await
 }
 
+/// Runs a search and keeps, of its matches and included resources, what the caller may read;
+/// the total is dropped when something was withheld (it would count what they may not see).
+pub async fn search_readable(
+    store: &Store,
+    guard: Option<&Arc<Guard>>,
+    spec: crate::fhir::search::SearchSpec,
+) -> Result<crate::fhir::search::SearchPage, Error> {
+    let mut page = crate::fhir::search::run(store, spec).await?;
+    if guard.is_none() {
+        return Ok(page);
+    }
+    let items: Vec<(String, String)> = page
+        .matches
+        .iter()
+        .chain(page.included.iter())
+        .map(|f| (f.res_type.clone(), f.body.clone()))
+        .collect();
+    let ok = readable(store, guard, items).await?;
+    let (matches_ok, included_ok) = ok.split_at(page.matches.len());
+    let before = page.matches.len();
+    let mut keep = matches_ok.iter();
+    page.matches
+        .retain(|_| keep.next().copied().unwrap_or(false));
+    let mut keep = included_ok.iter();
+    page.included
+        .retain(|_| keep.next().copied().unwrap_or(false));
+    if page.matches.len() != before {
+        page.total = None;
+    }
+    Ok(page)
+}
+
 /// One resource the caller asked for by id: 404 if they may not see it (its existence is not
 /// theirs to learn either).
 pub async fn must_read(
@@ -259,6 +291,17 @@ pub async fn found(
             Ok(stored)
         }
     }
+}
+
+/// Reads `ty/id` as the caller may: the current version, or 404 (410 as [`found`] says).
+pub async fn read_visible(
+    fhir: &crate::fhir::Fhir,
+    ctx: &Ctx,
+    ty: &'static str,
+    id: &str,
+) -> Result<crate::fhir::Stored, ApiError> {
+    let result = fhir.read(ty, id.to_string()).await;
+    found(fhir, ctx, ty, id, result).await
 }
 
 /// Takes out of a transaction or batch response every resource the caller may not read (a GET

@@ -13,7 +13,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::access::{found, readable, scope};
+use super::access::{read_visible, scope, search_readable};
 use super::error::ApiError;
 use super::negotiate::Ctx;
 use super::operations::query;
@@ -95,8 +95,7 @@ async fn load(
     id: &str,
 ) -> Result<(Value, i64), ApiError> {
     scope(ctx, ty, Perm::Read)?;
-    let r = state.fhir.read(ty, id.to_string()).await;
-    let stored = found(&state.fhir, ctx, ty, id, r).await?;
+    let stored = read_visible(&state.fhir, ctx, ty, id).await?;
     let v = serde_json::from_str(&stored.body).map_err(|_| {
         ctx.error(Error::invalid(
             "exception",
@@ -295,24 +294,13 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
             }
             let spec = crate::fhir::search::query::parse(Some("Appointment"), &pairs, true)
                 .map_err(|e| ctx.error(e))?;
-            let page = crate::fhir::search::run(state.fhir.store(), spec)
-                .await
-                .map_err(|e| ctx.error(e))?;
-            let items: Vec<(String, String)> = page
-                .matches
-                .iter()
-                .chain(page.included.iter())
-                .map(|f| (f.res_type.clone(), f.body.clone()))
-                .collect();
-            let ok = readable(state.fhir.store(), ctx.guard.as_ref(), items)
+            let page = search_readable(state.fhir.store(), ctx.guard.as_ref(), spec)
                 .await
                 .map_err(|e| ctx.error(e))?;
             let requests: Vec<(String, Value)> = page
                 .included
                 .iter()
-                .zip(ok[page.matches.len()..].iter())
-                .filter(|(_, ok)| **ok)
-                .filter_map(|(f, _)| {
+                .filter_map(|f| {
                     let v: Value = serde_json::from_str(&f.body).ok()?;
                     Some((format!("ServiceRequest/{}", f.res_id), v))
                 })
@@ -320,9 +308,7 @@ pub async fn list(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse 
             let list: Vec<Value> = page
                 .matches
                 .iter()
-                .zip(ok.iter())
-                .filter(|(_, ok)| **ok)
-                .filter_map(|(f, _)| {
+                .filter_map(|f| {
                     let a: Value = serde_json::from_str(&f.body).ok()?;
                     let based = a.pointer("/basedOn/0/reference").and_then(Value::as_str);
                     let based = based.unwrap_or("");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
-use super::access::{found, scope};
+use super::access::{read_visible, scope};
 use super::error::ApiError;
 use super::negotiate::Ctx;
 use super::operations::{param_str, query, required_body};
@@ -161,7 +161,7 @@ fn code_of(raw: Option<String>, ctx: &Ctx) -> Result<String, ApiError> {
 }
 
 /// A prescription and its lines, if the caller may read it (else 404, as for an unknown code).
-async fn readable(
+async fn readable_prescription(
     state: &AppState,
     ctx: &Ctx,
     code: &str,
@@ -182,19 +182,9 @@ async fn readable(
         return Err(unknown());
     };
     scope(ctx, "MedicationRequest", Perm::Read)?;
-    let result = state
-        .fhir
-        .read("MedicationRequest", first.request_id.clone())
-        .await;
-    found(
-        &state.fhir,
-        ctx,
-        "MedicationRequest",
-        &first.request_id,
-        result,
-    )
-    .await
-    .map_err(|_| unknown())?;
+    read_visible(&state.fhir, ctx, "MedicationRequest", &first.request_id)
+        .await
+        .map_err(|_| unknown())?;
     Ok((rx, lines))
 }
 
@@ -213,7 +203,7 @@ pub async fn status(req: HttpRequest, state: web::Data<AppState>) -> HttpRespons
         .reply(&req, Interaction::Operations, |ctx| async {
             let ctx = ctx;
             let code = code_of(query(&req, "code"), &ctx)?;
-            let (rx, lines) = readable(&state, &ctx, &code).await?;
+            let (rx, lines) = readable_prescription(&state, &ctx, &code).await?;
             let mut params = vec![
                 json!({"name": "code", "valueString": rx.code}),
                 json!({"name": "status", "valueCode": prescribing::status_of(&rx, now_millis())}),
@@ -272,7 +262,7 @@ pub async fn cancel(
                         "Parameters.parameter.where(name = 'reason')",
                     ))
                 })?;
-            let (rx, _) = readable(&state, &ctx, &code).await?;
+            let (rx, _) = readable_prescription(&state, &ctx, &code).await?;
             if let Some(g) = &ctx.guard {
                 let p = &g.principal;
                 let mine = match p.role {
@@ -314,20 +304,12 @@ pub async fn cancel(
 
 /// The facility code of an organization (`Organization/id`).
 async fn facility_of(state: &AppState, org: Option<&str>) -> Option<String> {
-    let id = org?.strip_prefix("Organization/")?.to_string();
-    let stored = state.fhir.read("Organization", id).await.ok()?;
-    let v: Value = serde_json::from_str(&stored.body).ok()?;
-    v.get("identifier")?
-        .as_array()?
-        .iter()
-        .find(|i| {
-            i.get("system").and_then(Value::as_str) == Some(crate::fhir::vn_rules::PROVIDER_CODE)
-        })?
-        .get("value")?
-        .as_str()
-        .map(str::to_string)
+    let org = read_json(state, "Organization", org).await?;
+    crate::fhir::identifier_value(&org, crate::fhir::vn_rules::PROVIDER_CODE).map(str::to_string)
 }
 
+/// A resource by reference (`Type/id`), as JSON; None if it is not there. (Not through the
+/// access policy: callers have passed it, or read directory resources.)
 async fn read_json(state: &AppState, ty: &'static str, reference: Option<&str>) -> Option<Value> {
     let id = reference?.strip_prefix(ty)?.strip_prefix('/')?.to_string();
     let stored = state.fhir.read(ty, id).await.ok()?;
@@ -352,7 +334,7 @@ pub async fn national_export(req: HttpRequest, state: web::Data<AppState>) -> Ht
                     "the national-system payload is the prescribing facility's to forward".into(),
                 )));
             }
-            let (rx, lines) = readable(&state, &ctx, &code).await?;
+            let (rx, lines) = readable_prescription(&state, &ctx, &code).await?;
             let mut mrs = Vec::new();
             for l in &lines {
                 if let Some(v) = read_json(

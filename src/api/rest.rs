@@ -7,7 +7,7 @@ use actix_web::http::header::{self, HttpDate};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 
-use super::access::{found, readable, scope};
+use super::access::{found, read_visible, readable, scope};
 use super::error::{ApiError, outcome_response};
 use super::negotiate::{Ctx, Return, body_format, etag_header};
 use super::{AppState, Interaction};
@@ -178,8 +178,7 @@ pub async fn read(
             let ty = resource_type(&ty, &ctx)?;
             scope(&ctx, ty, Perm::Read)?;
             let if_none_match = etag_header(&req, "if-none-match", ctx.format)?;
-            let result = state.fhir.read(ty, id.clone()).await;
-            let stored = found(&state.fhir, &ctx, ty, &id, result).await?;
+            let stored = read_visible(&state.fhir, &ctx, ty, &id).await?;
             if not_modified(&req, &stored, if_none_match) {
                 return Ok(HttpResponse::NotModified()
                     .insert_header((header::ETAG, format!("W/\"{}\"", stored.version)))
@@ -612,8 +611,7 @@ async fn search_in(
                 return Err(ctx.error(Error::NotFound(format!("{owner_ty}/$everything is not an operation of this server (Patient/$everything is)"))));
             }
             // The owner must exist (404 / 410 otherwise), and be the caller's to see.
-            let owner = state.fhir.read(owner_ty, id.clone()).await;
-            found(&state.fhir, &ctx, owner_ty, id, owner).await?;
+            read_visible(&state.fhir, &ctx, owner_ty, id).await?;
             crate::fhir::search::within_compartment(&mut spec, owner_ty, id, *everything).map_err(|e| ctx.error(e))?;
             link_path = Some(match ty {
                 Some(t) => format!("{owner_ty}/{id}/{t}"),
@@ -628,21 +626,7 @@ async fn search_in(
             // A patient's search runs inside their own compartment (so pages and totals are theirs).
             crate::fhir::search::within_compartment(&mut spec, "Patient", &me, false).map_err(|e| ctx.error(e))?;
         }
-        let mut page = crate::fhir::search::run(state.fhir.store(), spec.clone()).await.map_err(|e| ctx.error(e))?;
-        if ctx.guard.is_some() {
-            let items: Vec<(String, String)> = page.matches.iter().chain(page.included.iter()).map(|f| (f.res_type.clone(), f.body.clone())).collect();
-            let ok = readable(state.fhir.store(), ctx.guard.as_ref(), items).await.map_err(|e| ctx.error(e))?;
-            let (m, _) = ok.split_at(page.matches.len());
-            let matches_before = page.matches.len();
-            let mut i = 0;
-            page.matches.retain(|_| { i += 1; m[i - 1] });
-            let mut j = 0;
-            let inc = &ok[matches_before..];
-            page.included.retain(|_| { j += 1; inc[j - 1] });
-            if page.matches.len() != matches_before {
-                page.total = None;
-            }
-        }
+        let page = super::access::search_readable(state.fhir.store(), ctx.guard.as_ref(), spec.clone()).await.map_err(|e| ctx.error(e))?;
         let base = ctx.base();
         let mut entries: Vec<EntryOut> = Vec::with_capacity(page.matches.len() + page.included.len() + 1);
         for (mode, rows) in [("match", &page.matches), ("include", &page.included)] {

@@ -55,3 +55,14 @@ pub fn codings(concept: &serde_json::Value) -> impl Iterator<Item = (&str, &str)
             ))
         })
 }
+
+/// The value of a resource's first `identifier` in `system`.
+pub fn identifier_value<'a>(resource: &'a serde_json::Value, system: &str) -> Option<&'a str> {
+    resource
+        .get("identifier")?
+        .as_array()?
+        .iter()
+        .find(|i| i.get("system").and_then(serde_json::Value::as_str) == Some(system))?
+        .get("value")?
+        .as_str()
+}

@@ -4,6 +4,7 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::fhir::identifier_value;
 use crate::fhir::vn_rules::{CITIZEN_ID, PASSPORT_NUMBER};
 
 /// What a prescription is rendered from: its lines and the resources they reference.
@@ -128,17 +129,9 @@ fn line(l: &Value) -> Value {
 pub fn gui_don_thuoc(parts: &Parts<'_>) -> Value {
     let patient = parts.patient;
     let id_number = patient
-        .and_then(|p| p.get("identifier"))
-        .and_then(Value::as_array)
-        .and_then(|ids| {
-            ids.iter()
-                .find(|i| i.get("system").and_then(Value::as_str) == Some(CITIZEN_ID))
-                .or_else(|| {
-                    ids.iter()
-                        .find(|i| i.get("system").and_then(Value::as_str) == Some(PASSPORT_NUMBER))
-                })
+        .and_then(|p| {
+            identifier_value(p, CITIZEN_ID).or_else(|| identifier_value(p, PASSPORT_NUMBER))
         })
-        .map(|i| text(i.get("value")))
         .unwrap_or_default();
     let first = parts.lines.first().cloned().unwrap_or(Value::Null);
     let advice: Vec<String> = parts

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
-use crate::fhir::codings;
 use crate::fhir::datetime::format_instant;
 use crate::fhir::interactions::{Change, Fhir, Gate, update_in};
 use crate::fhir::outcome::Issue;
@@ -28,6 +27,7 @@ use crate::fhir::schema::R4;
 use crate::fhir::vn_rules::{
     CITIZEN_ID, PASSPORT_NUMBER, PRACTITIONER_LICENCE, PRESCRIPTION_CODE, PROVIDER_CODE,
 };
+use crate::fhir::{codings, identifier_value as identifier};
 use crate::store::{Method, RxLine, RxRow, Session};
 use crate::vn::{Cccd, FacilityCode, PractitionerLicence, PrescriptionCode, PrescriptionKind};
 
@@ -126,20 +126,11 @@ fn days_of(d: &Value) -> Option<f64> {
     })
 }
 
-fn identifier<'a>(r: &'a Value, system: &str) -> Option<&'a str> {
-    r.get("identifier")?
-        .as_array()?
-        .iter()
-        .find(|i| i.get("system").and_then(Value::as_str) == Some(system))?
-        .get("value")?
-        .as_str()
-}
-
 /// ICD-10 codes of CodeableConcepts.
-fn icd10_codes(concepts: impl Iterator<Item = Value>, out: &mut Vec<String>) {
+fn icd10_codes<'v>(concepts: impl Iterator<Item = &'v Value>, out: &mut Vec<String>) {
     for c in concepts {
         out.extend(
-            codings(&c)
+            codings(c)
                 .filter(|(system, _)| is_icd10(system))
                 .map(|(_, code)| code.to_string()),
         );
@@ -147,17 +138,39 @@ fn icd10_codes(concepts: impl Iterator<Item = Value>, out: &mut Vec<String>) {
 }
 
 /// Resolves the references an issue needs: to entries of the same Bundle by `fullUrl`, or to
-/// the store by `Type/id`.
+/// the store by `Type/id` (each read once).
 struct Resolver<'a> {
     fhir: &'a Fhir,
-    by_url: HashMap<String, Value>,
+    entries: &'a [Value],
+    by_url: HashMap<&'a str, usize>,
     cache: HashMap<String, Option<Value>>,
 }
 
-impl Resolver<'_> {
+impl<'a> Resolver<'a> {
+    fn new(fhir: &'a Fhir, entries: &'a [Value]) -> Resolver<'a> {
+        let by_url = entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| Some((text_at(e, "/fullUrl")?, i)))
+            .collect();
+        Resolver {
+            fhir,
+            entries,
+            by_url,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// The resource of the Bundle's entry with this `fullUrl`.
+    fn bundled(&self, reference: &str) -> Option<&'a Value> {
+        self.by_url
+            .get(reference)
+            .and_then(|&i| self.entries[i].get("resource"))
+    }
+
     async fn get(&mut self, reference: Option<&str>) -> Result<Option<Value>> {
         let Some(r) = reference else { return Ok(None) };
-        if let Some(v) = self.by_url.get(r) {
+        if let Some(v) = self.bundled(r) {
             return Ok(Some(v.clone()));
         }
         if let Some(v) = self.cache.get(r) {
@@ -235,24 +248,14 @@ pub async fn issue(
         return Ok(Vec::new());
     }
     let mut issues: Vec<Issue> = Vec::new();
-    let mut resolver = Resolver {
-        fhir,
-        by_url: entries
-            .iter()
-            .filter_map(|e| {
-                Some((
-                    text_at(e, "/fullUrl")?.to_string(),
-                    e.get("resource")?.clone(),
-                ))
-            })
-            .collect(),
-        cache: HashMap::new(),
-    };
+    // Read only from here to the assignment of codes.
+    let view: &[Value] = entries;
+    let mut resolver = Resolver::new(fhir, view);
     // One prescription per patient, prescriber and kind (the national system takes one
     // prescription per kind: TT 26/2025 Phụ lục I note 1).
     let mut groups: Vec<((String, String, char), Group)> = Vec::new();
     for &i in &lines {
-        if let Some(v) = entries[i].pointer("/resource/groupIdentifier/value") {
+        if let Some(v) = view[i].pointer("/resource/groupIdentifier/value") {
             let here = format!("{}.groupIdentifier.value", at(i));
             return Err(match PrescriptionCode::parse(v.as_str().unwrap_or("")) {
                 Err(e) => Error::invalid_at("value", e.0, here),
@@ -290,11 +293,11 @@ pub async fn issue(
     let mut assigned: Vec<(Vec<usize>, String)> = Vec::new();
     for ((subject, requester, _), g) in &groups {
         let first = at(g.lines[0]);
-        let first_r = entries[g.lines[0]]["resource"].clone();
+        let first_r = &view[g.lines[0]]["resource"];
         // The patient: a Patient of the Bundle or of the record. Who they are (a valid citizen
         // ID or passport) is checked once the access policy has let the write through (in
         // `Rules`), so that a refusal says nothing of a record the caller may not see.
-        let in_bundle = resolver.by_url.get(subject.as_str());
+        let in_bundle = resolver.bundled(subject);
         let is_patient = match in_bundle {
             Some(p) => p.get("resourceType").and_then(Value::as_str) == Some("Patient"),
             None => local_id(subject, "Patient").is_some_and(|id| !id.is_empty()),
@@ -351,7 +354,7 @@ pub async fn issue(
         let mut facility_ref = who.organization.clone().or(role_org);
         if facility_ref.is_none() {
             let enc = resolver
-                .get(text_at(&first_r, "/encounter/reference"))
+                .get(text_at(first_r, "/encounter/reference"))
                 .await?;
             facility_ref =
                 enc.and_then(|e| text_at(&e, "/serviceProvider/reference").map(str::to_string));
@@ -380,14 +383,13 @@ pub async fn issue(
         let mut dx = Vec::new();
         let mut rule_lines = Vec::new();
         for &i in &g.lines {
-            let r = entries[i]["resource"].clone();
+            let r = &view[i]["resource"];
             let here = at(i);
             icd10_codes(
                 r.get("reasonCode")
                     .and_then(Value::as_array)
                     .into_iter()
-                    .flatten()
-                    .cloned(),
+                    .flatten(),
                 &mut dx,
             );
             for rr in r
@@ -397,10 +399,10 @@ pub async fn issue(
                 .flatten()
             {
                 if let Some(c) = resolver.get(text_at(rr, "/reference")).await? {
-                    icd10_codes(c.get("code").cloned().into_iter(), &mut dx);
+                    icd10_codes(c.get("code").into_iter(), &mut dx);
                 }
             }
-            issues.extend(required_fields(&r, &here));
+            issues.extend(required_fields(r, &here));
             rule_lines.push(rules::Line {
                 at: here,
                 days: r
@@ -1017,9 +1019,13 @@ pub fn status_of(rx: &RxRow, now: i64) -> &str {
 /// in whichever case it is written (`group-identifier=25366vma336r-C`).
 pub fn canonical_codes(mut pairs: Vec<(String, String)>) -> Vec<(String, String)> {
     for (k, v) in pairs.iter_mut() {
-        if !matches!(k.as_str(), "group-identifier" | "identifier") {
-            continue;
-        }
+        // `group-identifier` holds only prescription codes; an `identifier` is one only when
+        // its system says so (another system's identifier is compared as written).
+        let bare_is_code = match k.as_str() {
+            "group-identifier" => true,
+            "identifier" => false,
+            _ => continue,
+        };
         let canon: Vec<String> = v
             .split(',')
             .map(|one| {
@@ -1028,7 +1034,7 @@ pub fn canonical_codes(mut pairs: Vec<(String, String)>) -> Vec<(String, String)
                     None => (None, one),
                 };
                 match (system, PrescriptionCode::parse(value)) {
-                    (None, Ok(c)) => c.to_string(),
+                    (None, Ok(c)) if bare_is_code => c.to_string(),
                     (Some(s), Ok(c)) if s == PRESCRIPTION_CODE => format!("{s}|{c}"),
                     _ => one.to_string(),
                 }

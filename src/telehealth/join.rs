@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::{actor, has_type, participants};
 use crate::auth::token::{Keys, random_token};
 
 /// The audience of join tokens (never accepted as access tokens, nor the reverse).
@@ -50,27 +51,6 @@ pub struct Who<'a> {
     pub fhir_user: Option<&'a str>,
     /// `Organization/9` the practitioner works for.
     pub organization: Option<&'a str>,
-}
-
-fn participants(appointment: &Value) -> impl Iterator<Item = &Value> {
-    appointment
-        .get("participant")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-}
-
-fn actor(p: &Value) -> Option<&str> {
-    p.pointer("/actor/reference").and_then(Value::as_str)
-}
-
-fn has_type(p: &Value, system: &str, code: &str) -> bool {
-    p.get("type")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .flat_map(crate::fhir::codings)
-        .any(|c| c == (system, code))
 }
 
 /// The role `who` may join the consultation in, if any: the assigned doctor moderates; the

@@ -32,6 +32,7 @@ pub const CATEGORY: &str = "http://snomed.info/sct|448337001";
 /// Patient referral (procedure).
 pub const REFERRAL: &str = "3457005";
 pub const ACT_CODE: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+pub const PARTICIPATION_TYPE: &str = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType";
 /// Where a consultation's outcome is coded (`ClinicalImpression.finding`).
 pub const OUTCOME: &str = "https://yba.vn/fhir/CodeSystem/consultation-outcome";
 
@@ -177,26 +178,36 @@ pub fn state_of(appointment: &Value) -> &'static str {
     }
 }
 
-/// The assigned doctor (`Practitioner/id`), if any.
-pub fn doctor_of(appointment: &Value) -> Option<&str> {
-    appointment
-        .get("participant")?
-        .as_array()?
-        .iter()
-        .filter_map(|p| p.pointer("/actor/reference").and_then(Value::as_str))
-        .find(|r| r.starts_with("Practitioner/") && is_doctor_participant(appointment, r))
-}
-
-fn is_doctor_participant(appointment: &Value, reference: &str) -> bool {
+/// The participants of an Appointment.
+fn participants(appointment: &Value) -> impl Iterator<Item = &Value> {
     appointment
         .get("participant")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .any(|p| {
-            p.pointer("/actor/reference").and_then(Value::as_str) == Some(reference)
-                && p.pointer("/type/0/coding/0/code").and_then(Value::as_str) == Some("CON")
-        })
+}
+
+/// A participant's actor (`Practitioner/7`).
+fn actor(p: &Value) -> Option<&str> {
+    p.pointer("/actor/reference").and_then(Value::as_str)
+}
+
+/// Whether a participant has the type `system|code`.
+fn has_type(p: &Value, system: &str, code: &str) -> bool {
+    p.get("type")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .flat_map(crate::fhir::codings)
+        .any(|c| c == (system, code))
+}
+
+/// The assigned doctor (`Practitioner/id`), if any: the consultant among the participants.
+pub fn doctor_of(appointment: &Value) -> Option<&str> {
+    participants(appointment)
+        .filter(|p| has_type(p, PARTICIPATION_TYPE, "CON"))
+        .filter_map(actor)
+        .find(|r| r.starts_with("Practitioner/"))
 }
 
 /// Accepting: the doctor joins the Appointment (as consultant) and the request's performers.
@@ -204,7 +215,7 @@ pub fn accept(appointment: &mut Value, request: &mut Value, doctor: &str) {
     appointment["status"] = json!("booked");
     if let Some(p) = appointment["participant"].as_array_mut() {
         p.push(json!({"actor": {"reference": doctor}, "status": "accepted", "required": "required",
-            "type": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "CON", "display": "consultant"}]}]}));
+            "type": [{"coding": [{"system": PARTICIPATION_TYPE, "code": "CON", "display": "consultant"}]}]}));
     }
     if let Some(p) = request["performer"].as_array_mut() {
         p.push(json!({"reference": doctor}));
@@ -223,10 +234,10 @@ pub fn decline(appointment: &mut Value, request: &mut Value, reason: &str) {
 /// `arrived`.
 pub fn start(appointment: &mut Value, appointment_id: &str, request_ref: &str, now: i64) -> Value {
     appointment["status"] = json!("arrived");
-    let mut participants = Vec::new();
+    let mut people = Vec::new();
     let mut subject = Value::Null;
-    for p in appointment["participant"].as_array().into_iter().flatten() {
-        let Some(r) = p.pointer("/actor/reference").and_then(Value::as_str) else {
+    for p in participants(appointment) {
+        let Some(r) = actor(p) else {
             continue;
         };
         if r.starts_with("Patient/") {
@@ -236,14 +247,14 @@ pub fn start(appointment: &mut Value, appointment_id: &str, request_ref: &str, n
             if let Some(t) = p.get("type") {
                 part["type"] = t.clone();
             }
-            participants.push(part);
+            people.push(part);
         }
     }
     json!({"resourceType": "Encounter", "status": "in-progress",
         "class": {"system": ACT_CODE, "code": "VR", "display": "virtual"},
         "type": [{"coding": [{"system": SNOMED, "code": TELECONSULTATION}], "text": "Hội chẩn từ xa"}],
         "subject": subject,
-        "participant": participants,
+        "participant": people,
         "appointment": [{"reference": format!("Appointment/{appointment_id}")}],
         "basedOn": [{"reference": request_ref}],
         "period": {"start": format_instant(now)}})
@@ -349,11 +360,8 @@ pub fn summary(id: &str, appointment: &Value, request: Option<&Value>) -> Value 
             .cloned()
             .unwrap_or(Value::Null)
     };
-    let patient = appointment["participant"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| p.pointer("/actor/reference").and_then(Value::as_str))
+    let patient = participants(appointment)
+        .filter_map(actor)
         .find(|r| r.starts_with("Patient/"));
     json!({
         "id": id,
