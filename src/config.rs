@@ -86,6 +86,52 @@ pub struct Config {
     #[arg(long, env = "YBA_PRESCRIPTION_VALID_DAYS", default_value_t = crate::prescribing::DEFAULT_VALID_DAYS)]
     pub prescription_valid_days: i64,
 
+    /// Seconds a join token (for a consultation's signaling socket) lives.
+    #[arg(long, env = "YBA_JOIN_TOKEN_TTL", default_value_t = crate::telehealth::join::TTL)]
+    pub join_token_ttl: u64,
+
+    /// The address the media relay's host candidates are on: an interface address, or
+    /// `0.0.0.0` for every interface.
+    #[arg(long, env = "YBA_RTC_IP", default_value = "0.0.0.0")]
+    pub rtc_ip: std::net::IpAddr,
+
+    /// UDP ports the media relay may use, `first-last` (one per participant); unset: any.
+    #[arg(long, env = "YBA_RTC_UDP_PORTS", value_parser = parse_port_range)]
+    pub rtc_udp_ports: Option<(u16, u16)>,
+
+    /// The public address to advertise behind a 1:1 NAT (instead of the private one).
+    #[arg(long, env = "YBA_RTC_PUBLIC_IP")]
+    pub rtc_public_ip: Option<std::net::IpAddr>,
+
+    /// STUN/TURN servers handed to participants, comma-separated (`stun:host:3478`,
+    /// `turn:host:3478?transport=udp`, `turns:host:443?transport=tcp`).
+    #[arg(long, env = "YBA_ICE_SERVERS", value_delimiter = ',')]
+    pub ice_servers: Vec<String>,
+
+    /// coturn's `static-auth-secret`: TURN credentials are minted per join from it.
+    #[arg(long, env = "YBA_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<Secret>,
+
+    /// Participants a consultation's room holds at most.
+    #[arg(long, env = "YBA_ROOM_MAX_PARTICIPANTS", default_value_t = 6)]
+    pub room_max_participants: usize,
+
+    /// Rooms this node holds at most.
+    #[arg(long, env = "YBA_MAX_ROOMS", default_value_t = 100)]
+    pub max_rooms: usize,
+
+    /// Seconds a room with nobody in it is kept.
+    #[arg(long, env = "YBA_ROOM_EMPTY_TIMEOUT", default_value_t = 300)]
+    pub room_empty_timeout: u64,
+
+    /// Seconds a participant whose socket dropped keeps its place (and its media) to resume.
+    #[arg(long, env = "YBA_SIGNAL_GRACE", default_value_t = 30)]
+    pub signal_grace: u64,
+
+    /// Seconds a signaling socket may stay silent before it counts as dropped.
+    #[arg(long, env = "YBA_SIGNAL_IDLE", default_value_t = 30)]
+    pub signal_idle: u64,
+
     /// Browser origins allowed to call the API (CORS), separated by commas; none by default.
     #[arg(long, env = "YBA_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
@@ -121,6 +167,17 @@ impl Config {
             session_ttl: 8 * 3600,
             cors_origins: Vec::new(),
             rate_limit: 1000,
+            join_token_ttl: crate::telehealth::join::TTL,
+            rtc_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            rtc_udp_ports: None,
+            rtc_public_ip: None,
+            ice_servers: Vec::new(),
+            turn_secret: None,
+            room_max_participants: 6,
+            max_rooms: 100,
+            room_empty_timeout: 300,
+            signal_grace: 30,
+            signal_idle: 30,
             prescription_valid_days: crate::prescribing::DEFAULT_VALID_DAYS,
             trust_forwarded: false,
         }
@@ -197,6 +254,20 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         .ok()
         .and_then(|n| n.checked_mul(mult))
         .ok_or_else(|| format!("'{s}' is not a size like 16M"))
+}
+
+/// Parses a UDP port range `first-last`.
+pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("'{s}' is not a port range like 50000-50999");
+    let (a, b) = s.trim().split_once('-').ok_or_else(bad)?;
+    let (a, b): (u16, u16) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a == 0 || b < a {
+        return Err(bad());
+    }
+    Ok((a, b))
 }
 
 /// `on`/`off` (also `true`/`false`, `1`/`0`).

@@ -489,6 +489,13 @@ pub async fn act(
             }
             let tx = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
             let out = transaction(&state, &ctx, tx).await?;
+            if action == "end" {
+                // The record says it is over: so is the call.
+                let (rooms, id) = (state.rooms.clone(), id.clone());
+                let _ = crate::telehealth::room::runtime()
+                    .spawn(async move { rooms.end(&id, "the consultation was finished").await })
+                    .await;
+            }
             Ok(json_reply(
                 StatusCode::OK,
                 &answered(&id, &c.request_id, &out),
@@ -525,8 +532,16 @@ fn join(state: &AppState, ctx: &Ctx, c: &Loaded) -> Result<HttpResponse, ApiErro
         )));
     };
     let now = u64::try_from(now_millis() / 1000).unwrap_or(0);
-    let (token, claims) = join::mint(&state.join_keys, join::ISSUER, &c.id, &me, role, now)
-        .map_err(|e| ctx.error(Error::invalid("exception", e)))?;
+    let (token, claims) = join::mint(
+        &state.join_keys,
+        join::ISSUER,
+        &c.id,
+        &me,
+        role,
+        now,
+        state.join_ttl,
+    )
+    .map_err(|e| ctx.error(Error::invalid("exception", e)))?;
     Ok(json_reply(
         StatusCode::OK,
         &json!({"token": token, "role": claims.role, "participant": claims.sub,

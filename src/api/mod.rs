@@ -15,6 +15,7 @@ pub mod operations;
 pub mod ops;
 pub mod prescriptions;
 pub mod rest;
+pub mod signal;
 pub mod system;
 
 use std::future::Future;
@@ -105,6 +106,12 @@ pub struct AppState {
     /// The keys consultation join tokens are signed with (`YBA_TOKEN_KEYS`, or made up at
     /// start), with or without auth.
     pub join_keys: Arc<crate::auth::token::Keys>,
+    /// Seconds a join token lives.
+    pub join_ttl: u64,
+    /// The consultations' calls on this node.
+    pub rooms: Arc<crate::telehealth::room::Rooms>,
+    /// Seconds a signaling socket may stay silent.
+    pub signal_idle: u64,
 }
 
 impl AppState {
@@ -228,6 +235,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             resource("/api/consultations/{id}")
                 .route(get().to(consultations::show))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            resource("/api/consultations/{id}/signal")
+                .route(get().to(signal::signal))
                 .default_service(web::to(method_not_allowed)),
         )
         .service(
@@ -450,6 +462,23 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
             .map_err(StartError::Config)?;
     let state = web::Data::new(AppState {
         join_keys: Arc::new(join_keys),
+        join_ttl: config.join_token_ttl.max(1),
+        rooms: crate::telehealth::room::Rooms::new(
+            crate::telehealth::room::Limits {
+                max_participants: config.room_max_participants.max(1),
+                max_rooms: config.max_rooms.max(1),
+                empty_timeout: Duration::from_secs(config.room_empty_timeout),
+                grace: Duration::from_secs(config.signal_grace),
+            },
+            crate::telehealth::ice::IceSettings {
+                ip: config.rtc_ip,
+                ports: config.rtc_udp_ports,
+                public_ip: config.rtc_public_ip,
+                servers: config.ice_servers.clone(),
+                turn_secret: config.turn_secret.as_ref().map(|s| s.0.clone()),
+            },
+        ),
+        signal_idle: config.signal_idle,
         fhir: fhir.clone(),
         metrics: Arc::new(Metrics::new(&Interaction::ALL.map(Interaction::name))),
         max_body: config.max_body,

@@ -29,7 +29,17 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 pub async fn metrics(_req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let mut r = HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render());
+        .body({
+            let mut text = state.metrics.render();
+            let rooms = &state.rooms;
+            text.extend_from_slice(
+                rooms
+                    .stats
+                    .render(rooms.count(), rooms.ports_in_use())
+                    .as_bytes(),
+            );
+            text
+        });
     r.extensions_mut().insert(Interaction::Operations);
     r
 }

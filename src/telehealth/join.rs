@@ -12,7 +12,7 @@ use crate::auth::token::{Keys, random_token};
 pub const AUDIENCE: &str = "yba-signal";
 /// The issuer of join tokens (this server, whatever host it was reached by).
 pub const ISSUER: &str = "yba";
-/// Seconds a join token lives.
+/// Seconds a join token lives by default (`YBA_JOIN_TOKEN_TTL`).
 pub const TTL: u64 = 120;
 /// Where observers are marked among an Appointment's participants.
 pub const ROLE_SYSTEM: &str = "https://yba.vn/fhir/CodeSystem/consultation-role";
@@ -118,6 +118,7 @@ pub fn mint(
     participant: &str,
     role: JoinRole,
     now_secs: u64,
+    ttl: u64,
 ) -> Result<(String, JoinClaims), String> {
     let claims = JoinClaims {
         iss: issuer.to_string(),
@@ -126,7 +127,7 @@ pub fn mint(
         cid: consultation.to_string(),
         role,
         iat: now_secs,
-        exp: now_secs + TTL,
+        exp: now_secs + ttl,
         jti: random_token(),
     };
     keys.sign_claims(&claims).map(|t| (t, claims))
@@ -223,6 +224,7 @@ mod tests {
             "Practitioner/bs",
             JoinRole::Moderator,
             now,
+            TTL,
         )
         .expect("minted");
         let c = verify(&keys, "iss", &t, "c1").expect("valid");
@@ -240,6 +242,7 @@ mod tests {
             "Practitioner/bs",
             JoinRole::Moderator,
             now - 3600,
+            TTL,
         )
         .expect("minted");
         assert_eq!(

@@ -17,7 +17,11 @@
 //!
 //! This module builds those resources; `api::consultations` writes them as transactions.
 
+pub mod ice;
 pub mod join;
+pub mod room;
+pub mod sfu;
+pub mod signal;
 
 use serde::Deserialize;
 use serde_json::{Value, json};

@@ -16,7 +16,7 @@ crate::on_both_databases!(@with crate::helpers::with_auth;
 );
 
 /// The auth world plus commune station C, where the patient was seen, and its health worker.
-async fn station_world(app: &TestApp) {
+pub(crate) async fn station_world(app: &TestApp) {
     world(app).await;
     let store = app.store.clone().unwrap();
     let fhir = yba::fhir::Fhir::new(store.clone(), Default::default());
@@ -77,13 +77,13 @@ async fn station_world(app: &TestApp) {
     }
 }
 
-fn ask(patient: &str) -> Value {
+pub(crate) fn ask(patient: &str) -> Value {
     json!({"patient": patient, "hospital": "Organization/org-a",
         "reason": "Đau ngực, điện tâm đồ bất thường", "specialty": "Tim mạch",
         "urgency": "urgent", "start": "2026-11-25T09:00:00+07:00", "minutes": 30})
 }
 
-async fn api(
+pub(crate) async fn api(
     app: &TestApp,
     token: &str,
     method: Method,

@@ -6,6 +6,7 @@ mod helpers;
 mod access;
 mod auth;
 mod bundles;
+mod calls;
 mod conditional;
 mod consultations;
 mod crud;
