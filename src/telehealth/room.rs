@@ -974,7 +974,13 @@ struct Events {
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Events {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
-        if let (Some(me), Ok(c)) = (self.me.upgrade(), event.candidate.to_json()) {
+        if let (Some(me), Ok(mut c)) = (self.me.upgrade(), event.candidate.to_json()) {
+            // The core leaves sdpMid empty, which matches no m-line: a browser would drop the
+            // candidate (W3C addIceCandidate). All media is bundled on the first m-line.
+            if c.sdp_mid.as_deref().is_none_or(str::is_empty) {
+                c.sdp_mid = None;
+                c.sdp_mline_index = Some(0);
+            }
             me.send(json!({"type": "candidate", "candidate": c}));
         }
     }

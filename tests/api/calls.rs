@@ -23,6 +23,20 @@ crate::on_both_databases!(@with super::quick_to_empty;
     a_thousand_joins_and_leaves_leave_nothing_behind,
 );
 
+mod limits {
+    use super::{a_full_room_and_a_full_node_turn_newcomers_away, small_node};
+    crate::on_both_databases!(@with super::small_node;
+        a_full_room_and_a_full_node_turn_newcomers_away,
+    );
+}
+
+/// Auth on; rooms of one participant, and one room per node.
+fn small_node(c: &mut yba::config::Config) {
+    crate::helpers::with_auth(c);
+    c.room_max_participants = 1;
+    c.max_rooms = 1;
+}
+
 /// Auth on, and an empty room dropped after a second (so that it too is seen to go).
 fn quick_to_empty(c: &mut yba::config::Config) {
     crate::helpers::with_auth(c);
@@ -80,6 +94,53 @@ struct Quiet;
 
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Quiet {}
+
+/// A socket entered into a consultation's call as `token`'s user; the `joined` message.
+async fn enter(app: &TestApp, token: &str, id: &str) -> (Ws, Value) {
+    let r = api(app, token, Method::POST, &format!("/{id}/join"), None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let join_token = r.json()["token"].as_str().unwrap().to_string();
+    let url = format!("ws://{}/api/consultations/{id}/signal", app.addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("socket");
+    let join = json!({"type": "join", "token": join_token}).to_string();
+    ws.send(Message::text(join)).await.unwrap();
+    let first = next_json(&mut ws).await;
+    (ws, first)
+}
+
+/// The close frame's code, once the server closes.
+async fn closed_with(ws: &mut Ws) -> Option<u16> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
+            Ok(Some(Ok(Message::Close(c)))) => return c.map(|c| u16::from(c.code)),
+            Ok(Some(Ok(_))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+async fn a_full_room_and_a_full_node_turn_newcomers_away(app: TestApp) {
+    station_world(&app).await;
+    let dr = user_token(&app, "dr.an").await;
+    let yt = user_token(&app, "yt.binh").await;
+    let id = held_consultation(&app, &dr).await;
+    let (_doctor, joined) = enter(&app, &dr, &id).await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    // The room holds one participant: the station worker is turned away, and told why.
+    let (mut ws, refused) = enter(&app, &yt, &id).await;
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["code"], "room-full", "{refused}");
+    assert_eq!(closed_with(&mut ws).await, Some(4009));
+    // The node holds one room: another consultation's call cannot open.
+    let other = held_consultation(&app, &dr).await;
+    let (mut ws, refused) = enter(&app, &dr, &other).await;
+    assert_eq!(refused["code"], "room-full", "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("node"),
+        "{refused}"
+    );
+    assert_eq!(closed_with(&mut ws).await, Some(4009));
+}
 
 /// One cycle: a join token, the socket, an offer answered by the server, then leave.
 async fn cycle(app: &TestApp, dr: &str, id: &str) {

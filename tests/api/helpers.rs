@@ -213,8 +213,11 @@ async fn start(config: Config, dir: Option<tempfile::TempDir>, schema: Option<St
     TestApp {
         addr,
         base: format!("http://{addr}/fhir"),
+        // Idle connections are dropped before the server's 5 s keep-alive closes them, so a
+        // request never goes out on a connection the server is closing (hyper IncompleteMessage).
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(64)
+            .pool_idle_timeout(std::time::Duration::from_secs(2))
             .build()
             .expect("client"),
         handle: Some(handle),

@@ -20,4 +20,5 @@ mod ops;
 mod prescribing;
 mod profiles;
 mod search;
+mod signaling;
 mod vn;
