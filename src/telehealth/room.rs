@@ -693,6 +693,8 @@ impl Room {
             direction: RTCRtpTransceiverDirection::Sendonly,
             ..Default::default()
         };
+        // Fails when the receiver's connection did not negotiate the codec: it is not sent
+        // what it could not decode (the relay does not transcode).
         let Ok(transceiver) = pc
             .add_transceiver_from_track(Arc::clone(&track) as Arc<dyn TrackLocal>, Some(init))
             .await

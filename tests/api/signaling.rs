@@ -196,6 +196,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Received {
     stream: String,
     kind: &'static str,
+    /// The codec it arrived in (`video/VP8`, `video/H264`...).
+    mime: String,
     /// Sequence number and payload of each packet, in arrival order.
     packets: Vec<(u16, Bytes)>,
 }
@@ -219,9 +221,16 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let ssrc = track.ssrcs().await.first().copied().unwrap_or_default();
+        let mime = track
+            .codec(ssrc)
+            .await
+            .map(|c| c.mime_type)
+            .unwrap_or_default();
         let received = Arc::new(Mutex::new(Received {
             stream: track.stream_id().await,
             kind: kind_name(track.kind().await),
+            mime,
             packets: Vec::new(),
         }));
         lock(&self.tracks).push(Arc::clone(&received));
@@ -457,9 +466,14 @@ impl Peer {
     /// Adds a microphone (Opus), a camera (VP8) and a chat channel, sending synthetic RTP whose
     /// payloads say whose and which packet they are.
     async fn publish(&mut self) {
-        for (kind, mime, clock) in [
-            (RtpCodecKind::Audio, "audio/opus", 48_000),
-            (RtpCodecKind::Video, "video/VP8", 90_000),
+        self.publish_with("video/VP8", "").await;
+    }
+
+    /// The same with a camera of another codec (`video/H264` and its fmtp).
+    async fn publish_with(&mut self, video: &'static str, fmtp: &'static str) {
+        for (kind, mime, clock, fmtp) in [
+            (RtpCodecKind::Audio, "audio/opus", 48_000, ""),
+            (RtpCodecKind::Video, video, 90_000, fmtp),
         ] {
             let ssrc = random_u32();
             // A stream id of the device's own: the room must relabel it with the participant's.
@@ -473,12 +487,11 @@ impl Peer {
                         ssrc: Some(ssrc),
                         ..Default::default()
                     },
-                    codec: RTCRtpCodec {
-                        mime_type: mime.to_string(),
-                        clock_rate: clock,
-                        channels: if kind == RtpCodecKind::Audio { 2 } else { 0 },
-                        ..Default::default()
-                    },
+                    // No codec on the track: its m-line then offers every codec this device
+                    // receives, as a browser's does (a codec here would narrow it to that one,
+                    // and the relay, which does not transcode, could not send it others').
+                    // What it sends in is chosen by the payload type `send_rtp` writes.
+                    codec: RTCRtpCodec::default(),
                     ..Default::default()
                 }],
             )));
@@ -489,7 +502,7 @@ impl Peer {
                 .expect("track added");
             let stream = stream_of(self.who);
             self.sending.push(tokio::spawn(send_rtp(
-                track, sender, stream, kind, ssrc, mime, clock,
+                track, sender, stream, kind, ssrc, mime, fmtp, clock,
             )));
         }
         self.open_chat().await;
@@ -628,6 +641,16 @@ impl Peer {
     }
 
     /// (stream, kind) of every track received.
+    /// The codec a stream's track of `kind` arrived in.
+    fn codec_of(&self, stream: &str, kind: &str) -> String {
+        lock(&self.tracks)
+            .iter()
+            .map(|t| lock(t))
+            .find(|t| t.stream == stream && t.kind == kind)
+            .map(|t| t.mime.clone())
+            .unwrap_or_default()
+    }
+
     fn streams(&self) -> Vec<(String, &'static str)> {
         lock(&self.tracks)
             .iter()
@@ -793,6 +816,7 @@ async fn send_rtp(
     kind: RtpCodecKind,
     ssrc: u32,
     mime: &'static str,
+    fmtp: &'static str,
     clock: u32,
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(20));
@@ -805,7 +829,10 @@ async fn send_rtp(
                 p.rtp_parameters
                     .codecs
                     .iter()
-                    .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
+                    .find(|c| {
+                        c.rtp_codec.mime_type.eq_ignore_ascii_case(mime)
+                            && (fmtp.is_empty() || c.rtp_codec.sdp_fmtp_line == fmtp)
+                    })
                     .map(|c| c.payload_type)
             });
         }
@@ -881,6 +908,9 @@ async fn doctor_and_station(app: &TestApp, c: &Call) -> (Peer, Peer) {
 
 // ── The stories ────────────────────────────────────────────────────────────────────────
 
+/// Constrained baseline, as phones send it.
+const H264_FMTP: &str = "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f";
+
 async fn three_participants_hear_and_see_each_other(app: TestApp) {
     let c = call(&app, true).await;
     invite(&app, &c, json!({"patient": true})).await;
@@ -936,7 +966,8 @@ async fn three_participants_hear_and_see_each_other(app: TestApp) {
         assert_eq!(event["stream"], stream_of(PA), "{event}");
         assert_eq!(event["role"], "publisher", "{event}");
     }
-    pa.publish().await;
+    // The patient's phone sends H.264: relayed as it is, as VP8 is.
+    pa.publish_with("video/H264", H264_FMTP).await;
     assert_eq!(pa.offer().await["type"], "answer");
     // Everyone hears and sees both others, in order, intact, labelled with whose they are.
     for p in [&dr, &yt, &pa] {
@@ -954,6 +985,13 @@ async fn three_participants_hear_and_see_each_other(app: TestApp) {
             .collect();
         want.sort();
         assert_eq!(streams, want, "{}: the tracks received", p.who);
+    }
+    // The patient's video reaches the others in H.264, everyone else's in VP8.
+    for (p, vp8_from) in [(&dr, YT), (&yt, DR)] {
+        let h264 = p.codec_of(&stream_of(PA), "video");
+        assert!(h264.eq_ignore_ascii_case("video/H264"), "{}: {h264}", p.who);
+        let vp8 = p.codec_of(&stream_of(vp8_from), "video");
+        assert!(vp8.eq_ignore_ascii_case("video/VP8"), "{}: {vp8}", p.who);
     }
     // The station's health worker writes; the doctor and the patient read it, signed.
     for p in [&mut dr, &mut yt, &mut pa] {
