@@ -502,7 +502,12 @@ impl Peer {
                 .expect("track added");
             let stream = stream_of(self.who);
             self.sending.push(tokio::spawn(send_rtp(
-                track, sender, stream, kind, ssrc, mime, fmtp, clock,
+                track,
+                sender,
+                stream,
+                kind,
+                ssrc,
+                (mime, fmtp, clock),
             )));
         }
         self.open_chat().await;
@@ -815,9 +820,7 @@ async fn send_rtp(
     stream: String,
     kind: RtpCodecKind,
     ssrc: u32,
-    mime: &'static str,
-    fmtp: &'static str,
-    clock: u32,
+    (mime, fmtp, clock): (&'static str, &'static str, u32),
 ) {
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut payload_type = None;
