@@ -42,6 +42,7 @@ crate::on_both_databases!(@with crate::helpers::with_auth;
     ending_the_consultation_closes_every_connection,
     bad_messages_get_an_error_and_the_room_carries_on,
     a_muted_track_is_not_relayed_and_resumes_in_sequence,
+    keyframe_requests_reach_the_publisher,
 );
 
 /// On a server whose join tokens live one second (plus the 5 s leeway).
@@ -192,12 +193,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A track received from the room: whose (its MediaStream id), what, and its packets.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct Received {
     stream: String,
     kind: &'static str,
     /// The codec it arrived in (`video/VP8`, `video/H264`...).
     mime: String,
+    /// The track (to send keyframe requests back on).
+    track: Arc<dyn TrackRemote>,
     /// Sequence number and payload of each packet, in arrival order.
     packets: Vec<(u16, Bytes)>,
 }
@@ -231,6 +234,7 @@ impl PeerConnectionEventHandler for Handler {
             stream: track.stream_id().await,
             kind: kind_name(track.kind().await),
             mime,
+            track: Arc::clone(&track),
             packets: Vec::new(),
         }));
         lock(&self.tracks).push(Arc::clone(&received));
@@ -263,13 +267,77 @@ struct Chat {
     heard: mpsc::UnboundedReceiver<String>,
 }
 
+/// Counts the keyframe requests (PLI, FIR) that reach a peer, passing every packet on.
+struct KeyframeRequests {
+    seen: Arc<std::sync::atomic::AtomicUsize>,
+    read: VecDeque<rtc::interceptor::TaggedPacket>,
+    write: VecDeque<rtc::interceptor::TaggedPacket>,
+}
+
+impl rtc::sansio::Protocol<rtc::interceptor::TaggedPacket, rtc::interceptor::TaggedPacket, ()>
+    for KeyframeRequests
+{
+    type Rout = rtc::interceptor::TaggedPacket;
+    type Wout = rtc::interceptor::TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = std::time::Instant;
+
+    fn handle_read(&mut self, msg: rtc::interceptor::TaggedPacket) -> Result<(), Self::Error> {
+        use rtc::rtcp::payload_feedbacks::{
+            full_intra_request::FullIntraRequest, picture_loss_indication::PictureLossIndication,
+        };
+        if let rtc::interceptor::Packet::Rtcp(packets) = &msg.message.packet {
+            let n = packets
+                .iter()
+                .filter(|p| {
+                    let any = p.as_any();
+                    any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
+                })
+                .count();
+            self.seen.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: rtc::interceptor::TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write.pop_front()
+    }
+}
+
+impl rtc::interceptor::Interceptor for KeyframeRequests {
+    fn bind_local_stream(&mut self, _: &rtc::interceptor::StreamInfo) {}
+    fn unbind_local_stream(&mut self, _: &rtc::interceptor::StreamInfo) {}
+    fn bind_remote_stream(&mut self, _: &rtc::interceptor::StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _: &rtc::interceptor::StreamInfo) {}
+}
+
 async fn new_peer_connection(
     handler: Arc<dyn PeerConnectionEventHandler>,
+    keyframe_requests: Arc<std::sync::atomic::AtomicUsize>,
 ) -> Arc<dyn PeerConnection> {
     let mut media = MediaEngine::default();
     media.register_default_codecs().expect("codecs");
-    let registry =
-        register_default_interceptors(Registry::new(), &mut media).expect("interceptors");
+    let registry = register_default_interceptors(Registry::new(), &mut media)
+        .expect("interceptors")
+        .with(
+            rtc::interceptor::Slot::from(14_000),
+            KeyframeRequests {
+                seen: keyframe_requests,
+                read: VecDeque::new(),
+                write: VecDeque::new(),
+            },
+        );
     let pc = PeerConnectionBuilder::new()
         .with_media_engine(media)
         .with_interceptor_registry(registry)
@@ -295,6 +363,8 @@ struct Peer {
     socket: Vec<JoinHandle<()>>,
     chat: Option<Chat>,
     sending: Vec<JoinHandle<()>>,
+    /// Keyframe requests (PLI, FIR) that reached this peer.
+    keyframe_requests: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Drop for Peer {
@@ -319,9 +389,11 @@ impl Peer {
             tracks: Arc::clone(&tracks),
             state: state_tx,
         });
+        let keyframe_requests = Arc::default();
         Peer {
             who,
-            pc: new_peer_connection(handler).await,
+            pc: new_peer_connection(handler, Arc::clone(&keyframe_requests)).await,
+            keyframe_requests,
             link,
             tracks,
             state,
@@ -654,6 +726,43 @@ impl Peer {
             .find(|t| t.stream == stream && t.kind == kind)
             .map(|t| t.mime.clone())
             .unwrap_or_default()
+    }
+
+    /// Asks, on the track of `stream`'s `kind` it receives, for a keyframe (PLI).
+    async fn ask_keyframe(&self, stream: &str, kind: &str) {
+        let track = lock(&self.tracks)
+            .iter()
+            .map(|t| lock(t))
+            .find(|t| t.stream == stream && t.kind == kind)
+            .map(|t| Arc::clone(&t.track))
+            .expect("a track of that stream");
+        let ssrc = track.ssrcs().await.first().copied().expect("an SSRC");
+        let pli = rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc: ssrc,
+        };
+        track
+            .write_rtcp(vec![Box::new(pli)])
+            .await
+            .expect("PLI sent");
+    }
+
+    fn keyframe_requests(&self) -> usize {
+        self.keyframe_requests
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until more than `than` keyframe requests reached this peer.
+    async fn keyframe_requested(&self, than: usize) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.keyframe_requests() <= than {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}: no keyframe request came (still {than})",
+                self.who
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn streams(&self) -> Vec<(String, &'static str)> {
@@ -1398,4 +1507,35 @@ fn ice_ufrag(d: &RTCSessionDescription) -> String {
         .expect("an ice-ufrag")
         .trim()
         .to_string()
+}
+
+/// A new receiver needs a keyframe to show anything: the relay asks the publisher for one when
+/// someone starts receiving, and passes on a receiver's own requests (PLI) to the publisher.
+async fn keyframe_requests_reach_the_publisher(app: TestApp) {
+    let c = call(&app, true).await;
+    let mut dr = Peer::new(DR).await;
+    dr.join(&app, &c.id, &c.dr).await;
+    dr.publish().await;
+    assert_eq!(dr.offer().await["type"], "answer");
+    dr.connected().await;
+    // Alone, nobody receives the doctor's camera: nothing asks for a keyframe.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(dr.keyframe_requests(), 0, "a keyframe asked for nobody");
+    // The station starts receiving: the doctor is asked for a keyframe.
+    let mut yt = Peer::new(YT).await;
+    yt.join(&app, &c.id, &c.yt).await;
+    dr.next("participant-waiting").await;
+    dr.send(json!({"type": "admit", "participant": YT}));
+    yt.next("admitted").await;
+    yt.receive_only().await;
+    assert_eq!(yt.offer().await["type"], "answer");
+    dr.keyframe_requested(0).await;
+    yt.receives(&stream_of(DR), "video", ENOUGH).await;
+    // The station's decoder lost its picture: its request reaches the doctor.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = dr.keyframe_requests();
+    yt.ask_keyframe(&stream_of(DR), "video").await;
+    dr.keyframe_requested(before).await;
+    dr.assert_no_errors();
+    yt.assert_no_errors();
 }
