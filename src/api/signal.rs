@@ -120,13 +120,15 @@ async fn run(
             async move {
                 let now = u64::try_from(now_millis() / 1000).unwrap_or(0);
                 let (room, me, resumed) = rooms.enter(&claims, tx)?;
+                // This socket's generation, before another socket could take the place.
+                let generation = me.generation();
                 let ice = rooms.ice.servers_for(&me.id, now, 12 * 3600);
                 room.welcome(&me, resumed, ice).await;
-                Ok::<_, Refusal>((room, me))
+                Ok::<_, Refusal>((room, me, generation))
             }
         })
         .await;
-    let (room, me) = match entered {
+    let (room, me, generation) = match entered {
         Ok(Ok(x)) => x,
         Ok(Err(r)) => {
             audit(&state, &id, Some(&claims), address.as_deref(), Some(&r)).await;
@@ -135,7 +137,6 @@ async fn run(
         Err(_) => return refuse(session, &Refusal::new("closed", "the room failed")).await,
     };
     audit(&state, &id, Some(&claims), address.as_deref(), None).await;
-    let generation = me.generation();
     let idle = Duration::from_secs(state.signal_idle.max(1));
     let mut last_heard = Instant::now();
     let mut ping = tokio::time::interval(PING_EVERY);
