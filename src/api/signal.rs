@@ -102,9 +102,8 @@ async fn run(
     mut session: Session,
     mut stream: actix_ws::AggregatedMessageStream,
     state: web::Data<AppState>,
-    req_address: Option<String>,
+    address: Option<String>,
 ) {
-    let address = req_address;
     let claims = match admit(&id, &mut stream, &state).await {
         Ok(c) => c,
         Err(r) => {
@@ -240,12 +239,7 @@ async fn audit(
             address: address.map(str::to_string),
         }
     });
-    let status = match refused {
-        None => 200,
-        Some(r) if r.code == "unauthorized" => 401,
-        Some(r) if r.code == "forbidden" => 403,
-        Some(_) => 409,
-    };
+    let status = refused.map_or(200, Refusal::status);
     auth.audit
         .record(&crate::auth::audit::Record {
             action: "E",

@@ -50,13 +50,19 @@ impl Refusal {
         json!({"type": "error", "code": self.code, "message": self.message})
     }
 
-    /// The WebSocket close code when a refused `join` ends the socket.
-    pub fn close_code(&self) -> u16 {
+    /// The HTTP status the refusal would be (for the audit trail).
+    pub fn status(&self) -> u16 {
         match self.code {
-            "unauthorized" => 4001,
-            "forbidden" => 4003,
-            _ => 4009,
+            "unauthorized" => 401,
+            "forbidden" => 403,
+            _ => 409,
         }
+    }
+
+    /// The WebSocket close code when a refused `join` ends the socket: 4000 + the status's
+    /// last two digits (4001, 4003, 4009), as is customary for application close codes.
+    pub fn close_code(&self) -> u16 {
+        3600 + self.status()
     }
 }
 
