@@ -99,6 +99,11 @@ pub struct Config {
     #[arg(long, env = "YBA_RTC_UDP_PORTS", value_parser = parse_port_range)]
     pub rtc_udp_ports: Option<(u16, u16)>,
 
+    /// ICE-TCP: the relay also takes media over TCP on the same port numbers (passive
+    /// candidates, RFC 6544), for stations whose firewall lets no UDP through.
+    #[arg(long, env = "YBA_RTC_TCP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub rtc_tcp: bool,
+
     /// The public address to advertise behind a 1:1 NAT (instead of the private one).
     #[arg(long, env = "YBA_RTC_PUBLIC_IP")]
     pub rtc_public_ip: Option<std::net::IpAddr>,
@@ -170,6 +175,7 @@ impl Config {
             join_token_ttl: crate::telehealth::join::TTL,
             rtc_ip: std::net::IpAddr::from([127, 0, 0, 1]),
             rtc_udp_ports: None,
+            rtc_tcp: true,
             rtc_public_ip: None,
             ice_servers: Vec::new(),
             turn_secret: None,

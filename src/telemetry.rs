@@ -13,7 +13,17 @@ use prometheus::{
 /// Sets up logging: `RUST_LOG` filters (default `info`), `YBA_LOG_FORMAT=json` for JSON lines.
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        // webrtc-rs's connection driver logs each RTP packet it cannot hand on (a relay falling
+        // behind) at ERROR with the packet's payload: consultation media in the log (Decree
+        // 356/2025), and under overload the formatting deepens the overload. Off, whatever
+        // RUST_LOG says.
+        .add_directive(
+            "webrtc::peer_connection::driver=off"
+                .parse()
+                .unwrap_or_else(|_| unreachable!("a valid directive")),
+        );
     let json = std::env::var("YBA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

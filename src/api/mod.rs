@@ -5,6 +5,7 @@
 //! - `system`: `metadata`, transaction/batch, system history.
 //! - `ops`: `/healthz`, `/readyz`, `/metrics`.
 //! - `error`: errors as OperationOutcome responses.
+//! - `page`: the teleconsultation page (`/consult/{id}`) and its script and style.
 
 pub mod access;
 pub mod consultations;
@@ -13,6 +14,7 @@ pub mod negotiate;
 pub mod oauth;
 pub mod operations;
 pub mod ops;
+pub mod page;
 pub mod prescriptions;
 pub mod rest;
 pub mod signal;
@@ -226,6 +228,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/healthz").route(get().to(ops::healthz)))
         .service(resource("/auth/token").route(post().to(oauth::token)))
         .service(resource("/auth/revoke").route(post().to(oauth::revoke)))
+        .service(resource("/consult/assets/{file}").route(get().to(page::asset)))
+        .service(resource("/consult/{id}").route(get().to(page::page)))
         .service(
             resource("/api/consultations")
                 .route(post().to(consultations::ask))
@@ -473,6 +477,7 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
             crate::telehealth::ice::IceSettings {
                 ip: config.rtc_ip,
                 ports: config.rtc_udp_ports,
+                tcp: config.rtc_tcp,
                 public_ip: config.rtc_public_ip,
                 servers: config.ice_servers.clone(),
                 turn_secret: config.turn_secret.as_ref().map(|s| s.0.clone()),

@@ -17,6 +17,8 @@ pub struct IceSettings {
     pub ip: IpAddr,
     /// UDP ports to take one from per participant; None: ephemeral.
     pub ports: Option<(u16, u16)>,
+    /// Media over TCP too (ICE-TCP, passive candidates on the same port numbers).
+    pub tcp: bool,
     /// Advertised instead of the private address (1:1 NAT).
     pub public_ip: Option<IpAddr>,
     /// STUN/TURN URLs for clients.
@@ -127,6 +129,7 @@ mod tests {
         let s = IceSettings {
             ip: IpAddr::from([127, 0, 0, 1]),
             ports: None,
+            tcp: false,
             public_ip: None,
             servers: vec!["stun:s:3478".into(), "turn:t:3478?transport=udp".into()],
             turn_secret: Some("north".into()),

@@ -19,6 +19,8 @@
 
 pub mod ice;
 pub mod join;
+pub mod keyframe;
+pub mod quality;
 pub mod room;
 pub mod sfu;
 pub mod signal;

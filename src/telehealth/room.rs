@@ -19,7 +19,8 @@ use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit}
 
 use super::ice::{IceSettings, Ports};
 use super::join::{JoinClaims, JoinRole};
-use super::sfu::{self, Downtrack, Publication};
+use super::quality::{Downlink, Quality};
+use super::sfu::{self, Downtrack, Publication, QualityChanged};
 
 /// What goes out on a participant's socket.
 #[derive(Debug)]
@@ -291,6 +292,8 @@ pub struct Participant {
     data: Mutex<Option<Arc<dyn DataChannel>>>,
     audio_muted: AtomicBool,
     video_muted: AtomicBool,
+    /// How much video they take (asked for, and what their link carries).
+    downlink: Arc<Downlink>,
     gone: AtomicBool,
     _live: Live,
 }
@@ -346,6 +349,12 @@ impl Participant {
         } else {
             &self.video_muted
         }
+    }
+
+    /// The video quality they get now, and why.
+    fn quality_event(&self, q: Quality) -> Value {
+        json!({"type": "quality", "video": q.name(),
+            "limitedByLink": self.downlink.limited_by_link()})
     }
 
     fn describe(&self) -> Value {
@@ -464,6 +473,7 @@ impl Room {
             data: Mutex::new(None),
             audio_muted: AtomicBool::new(false),
             video_muted: AtomicBool::new(false),
+            downlink: Arc::default(),
             gone: AtomicBool::new(false),
             _live: Live::new(&self.stats, |s| &s.participants),
         });
@@ -711,7 +721,20 @@ impl Room {
             return false;
         };
         let live = Live::new(&self.stats, |s| &s.legs);
-        let leg = Arc::new(Downtrack::new(&me.id, track, ssrc, sender, live));
+        let who = Arc::downgrade(me);
+        let on_quality: QualityChanged = Arc::new(move |q| {
+            if let Some(me) = who.upgrade() {
+                me.send(me.quality_event(q));
+            }
+        });
+        let downlink = (Arc::clone(&me.downlink), on_quality);
+        let leg = Arc::new(Downtrack::new(
+            &me.id,
+            (track, ssrc),
+            sender,
+            downlink,
+            live,
+        ));
         publication.subscribe(Arc::clone(&leg));
         lock(&me.legs).push((Arc::clone(publication), leg));
         true
@@ -773,6 +796,13 @@ impl Room {
             "muted": muted, "by": by.id});
         self.broadcast("", &event);
         Ok(())
+    }
+
+    /// A receiver asks for less (or more) video: `off` is audio only. Answered with the quality
+    /// they get now (their link may carry less than they asked for).
+    pub fn quality(&self, me: &Participant, asked: Quality) {
+        me.downlink.ask(asked);
+        me.send(me.quality_event(me.downlink.effective()));
     }
 
     /// The doctor removes someone: they are told, disconnected, and kept out.

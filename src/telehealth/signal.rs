@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use webrtc::peer_connection::{RTCIceCandidateInit, RTCSdpType, RTCSessionDescription};
 
+use super::quality::Quality;
 use super::room::{Participant, Refusal, Room};
 
 /// A message from a participant.
@@ -37,6 +38,10 @@ pub enum Incoming {
     Remove {
         participant: String,
     },
+    /// How much video to receive: `high`, `low` or `off` (audio only).
+    Quality {
+        video: Quality,
+    },
     End,
     Leave,
     Ping,
@@ -58,7 +63,8 @@ impl Kind {
     }
 }
 
-const TYPES: &str = "join, offer, answer, candidate, mute, admit, remove, end, leave, ping";
+const TYPES: &str =
+    "join, offer, answer, candidate, mute, quality, admit, remove, end, leave, ping";
 
 /// Reads one text frame; a `bad-message` refusal that says what is wrong.
 pub fn parse(text: &str) -> Result<Incoming, Refusal> {
@@ -117,6 +123,7 @@ pub async fn handle(
             kind,
             muted,
         } => room.mute(me, participant.as_deref(), kind.name(), muted)?,
+        Incoming::Quality { video } => room.quality(me, video),
         Incoming::Admit { participant } => room.admit(me, &participant)?,
         Incoming::Remove { participant } => room.remove(me, &participant).await?,
         Incoming::End => room.end_by(me).await?,
@@ -169,6 +176,13 @@ mod tests {
         );
         assert!(code(r#"{"type":"mute","kind":"smell","muted":true}"#).is_some());
         assert!(matches!(parse(r#"{"type":"ping"}"#), Ok(Incoming::Ping)));
+        assert!(matches!(
+            parse(r#"{"type":"quality","video":"off"}"#),
+            Ok(Incoming::Quality {
+                video: Quality::Off
+            })
+        ));
+        assert!(code(r#"{"type":"quality","video":"4k"}"#).is_some());
         assert!(matches!(parse(r#"{"type":"end"}"#), Ok(Incoming::End)));
         assert!(matches!(
             parse(r#"{"type":"offer","sdp":{"type":"offer","sdp":"v=0"}}"#),

@@ -45,6 +45,8 @@ crate::on_both_databases!(@with crate::helpers::with_auth;
     keyframe_requests_reach_the_publisher,
 );
 
+mod networks;
+
 /// On a server whose join tokens live one second (plus the 5 s leeway).
 mod short_tokens {
     use super::uninvited_users_and_expired_tokens_are_refused;
@@ -209,18 +211,34 @@ struct Handler {
     link: Shared<Link>,
     tracks: Shared<Vec<Shared<Received>>>,
     state: watch::Sender<RTCPeerConnectionState>,
+    /// The peer's own candidates, as gathered.
+    gathered: Shared<Vec<String>>,
+    /// Keep them to itself (the server finds it through a `Route`).
+    quiet: bool,
+    /// ICE connection states, in order (to say where a connection got stuck).
+    ice: Shared<Vec<String>>,
 }
 
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Handler {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
         if let Ok(c) = event.candidate.to_json() {
-            lock(&self.link).candidate(json!({"type": "candidate", "candidate": c}));
+            lock(&self.gathered).push(c.candidate.clone());
+            if !self.quiet {
+                lock(&self.link).candidate(json!({"type": "candidate", "candidate": c}));
+            }
         }
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         let _ = self.state.send(state);
+    }
+
+    async fn on_ice_connection_state_change(
+        &self,
+        state: webrtc::peer_connection::RTCIceConnectionState,
+    ) {
+        lock(&self.ice).push(state.to_string());
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
@@ -322,12 +340,38 @@ impl rtc::interceptor::Interceptor for KeyframeRequests {
     fn unbind_remote_stream(&mut self, _: &rtc::interceptor::StreamInfo) {}
 }
 
+const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+const RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
+
+/// How a peer connection is made.
+#[derive(Clone, Copy, Default)]
+struct Device {
+    /// ICE over TCP only (a network that lets no UDP through).
+    tcp_only: bool,
+    /// Sends simulcast (registers the MID and RID header extensions).
+    simulcast: bool,
+}
+
 async fn new_peer_connection(
     handler: Arc<dyn PeerConnectionEventHandler>,
     keyframe_requests: Arc<std::sync::atomic::AtomicUsize>,
+    device: Device,
 ) -> Arc<dyn PeerConnection> {
     let mut media = MediaEngine::default();
     media.register_default_codecs().expect("codecs");
+    if device.simulcast {
+        for uri in [MID_URI, RID_URI] {
+            media
+                .register_header_extension(
+                    rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                        uri: uri.to_owned(),
+                    },
+                    RtpCodecKind::Video,
+                    None,
+                )
+                .expect("header extension");
+        }
+    }
     let registry = register_default_interceptors(Registry::new(), &mut media)
         .expect("interceptors")
         .with(
@@ -342,7 +386,16 @@ async fn new_peer_connection(
         .with_media_engine(media)
         .with_interceptor_registry(registry)
         .with_handler(handler)
-        .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
+        .with_udp_addrs(if device.tcp_only {
+            Vec::new()
+        } else {
+            vec!["127.0.0.1:0".to_string()]
+        })
+        .with_tcp_addrs(if device.tcp_only {
+            vec!["127.0.0.1:0".to_string()]
+        } else {
+            Vec::new()
+        })
         .build()
         .await
         .expect("peer connection");
@@ -365,6 +418,35 @@ struct Peer {
     sending: Vec<JoinHandle<()>>,
     /// Keyframe requests (PLI, FIR) that reached this peer.
     keyframe_requests: Arc<std::sync::atomic::AtomicUsize>,
+    /// Its own ICE candidates.
+    gathered: Shared<Vec<String>>,
+    /// The way to the server, when not direct.
+    route: Option<Arc<dyn Route>>,
+    ice: Shared<Vec<String>>,
+}
+
+/// A way to the server other than the direct one: the server's candidates are rewritten to
+/// it (None: dropped), and the peer's own are not sent (the server finds it by its checks).
+trait Route: Send + Sync {
+    fn candidate(&self, candidate: &str) -> Option<String>;
+}
+
+/// Rewrites the candidate lines of an SDP by `route`.
+fn routed_sdp(route: &dyn Route, sdp: &str) -> String {
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive("\r\n") {
+        match line.strip_prefix("a=") {
+            Some(c) if c.starts_with("candidate:") => {
+                if let Some(c) = route.candidate(c.trim_end()) {
+                    out.push_str("a=");
+                    out.push_str(&c);
+                    out.push_str("\r\n");
+                }
+            }
+            _ => out.push_str(line),
+        }
+    }
+    out
 }
 
 impl Drop for Peer {
@@ -381,19 +463,32 @@ impl Drop for Peer {
 
 impl Peer {
     async fn new(who: &'static str) -> Peer {
+        Peer::on(who, Device::default(), None).await
+    }
+
+    /// A peer on `device`, reaching the server by `route` (None: directly).
+    async fn on(who: &'static str, device: Device, route: Option<Arc<dyn Route>>) -> Peer {
         let link = Shared::default();
         let tracks = Shared::default();
+        let gathered = Shared::default();
+        let ice = Shared::default();
         let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
         let handler = Arc::new(Handler {
             link: Arc::clone(&link),
             tracks: Arc::clone(&tracks),
             state: state_tx,
+            gathered: Arc::clone(&gathered),
+            quiet: route.is_some(),
+            ice: Arc::clone(&ice),
         });
         let keyframe_requests = Arc::default();
         Peer {
             who,
-            pc: new_peer_connection(handler, Arc::clone(&keyframe_requests)).await,
+            pc: new_peer_connection(handler, Arc::clone(&keyframe_requests), device).await,
             keyframe_requests,
+            gathered,
+            ice,
+            route,
             link,
             tracks,
             state,
@@ -426,6 +521,7 @@ impl Peer {
         }));
         let pc = Arc::clone(&self.pc);
         let link = Arc::clone(&self.link);
+        let route = self.route.clone();
         self.socket.push(tokio::spawn(async move {
             let mut early = Vec::new();
             let closed = loop {
@@ -439,7 +535,7 @@ impl Peer {
                 };
                 let v: Value = serde_json::from_str(&text)
                     .unwrap_or_else(|_| json!({"type": "__not-json", "text": text.as_str()}));
-                if let Err(e) = pump(&pc, &link, &v, &mut early).await {
+                if let Err(e) = pump(&pc, &link, &v, &mut early, route.as_deref()).await {
                     let _ = events_tx.send(json!({"type": "__pump-error", "message": e, "on": v}));
                 }
                 if v["type"] != "candidate" {
@@ -782,9 +878,10 @@ impl Peer {
             .is_ok_and(|r| r.is_ok());
         assert!(
             reached,
-            "{}: the connection did not become {what}: {:?}",
+            "{}: the connection did not become {what}: {:?} (ICE: {:?})",
             self.who,
-            *self.state.borrow()
+            *self.state.borrow(),
+            lock(&self.ice)
         );
     }
 
@@ -802,9 +899,15 @@ async fn pump(
     link: &Shared<Link>,
     v: &Value,
     early: &mut Vec<RTCIceCandidateInit>,
+    route: Option<&dyn Route>,
 ) -> Result<(), String> {
     let sdp = || {
-        serde_json::from_value::<RTCSessionDescription>(v["sdp"].clone()).map_err(|e| e.to_string())
+        let mut d = serde_json::from_value::<RTCSessionDescription>(v["sdp"].clone())
+            .map_err(|e| e.to_string())?;
+        if let Some(route) = route {
+            d.sdp = routed_sdp(route, &d.sdp);
+        }
+        Ok::<_, String>(d)
     };
     match v["type"].as_str() {
         Some("offer") => {
@@ -827,8 +930,14 @@ async fn pump(
             add_early(pc, early).await?;
         }
         Some("candidate") => {
-            let c: RTCIceCandidateInit =
+            let mut c: RTCIceCandidateInit =
                 serde_json::from_value(v["candidate"].clone()).map_err(|e| e.to_string())?;
+            if let Some(route) = route {
+                match route.candidate(&c.candidate) {
+                    Some(routed) => c.candidate = routed,
+                    None => return Ok(()),
+                }
+            }
             if pc.remote_description().await.is_none() {
                 early.push(c);
             } else {
