@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -55,6 +55,9 @@ const RECOVERY: Duration = Duration::from_secs(5);
 
 /// A receiver's downlink.
 pub struct Downlink {
+    /// The receiver's peer connection is up (ICE and DTLS done): what is sent before is lost
+    /// (there are no SRTP keys yet to send it with).
+    connected: AtomicBool,
     /// The effective quality, read per packet.
     effective: AtomicU8,
     state: Mutex<State>,
@@ -70,6 +73,7 @@ struct State {
 impl Default for Downlink {
     fn default() -> Self {
         Downlink {
+            connected: AtomicBool::new(false),
             effective: AtomicU8::new(Quality::High as u8),
             state: Mutex::new(State {
                 asked: Quality::High,
@@ -81,6 +85,15 @@ impl Default for Downlink {
 }
 
 impl Downlink {
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// The receiver's peer connection came up (true) or is gone for good (false).
+    pub fn set_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::Relaxed);
+    }
+
     pub fn effective(&self) -> Quality {
         Quality::from_u8(self.effective.load(Ordering::Relaxed))
     }

@@ -13,7 +13,8 @@ use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
-    PeerConnection, PeerConnectionEventHandler, RTCPeerConnectionIceEvent, RTCSessionDescription,
+    PeerConnection, PeerConnectionEventHandler, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    RTCSessionDescription,
 };
 use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 
@@ -1020,6 +1021,29 @@ impl PeerConnectionEventHandler for Events {
                 c.sdp_mline_index = Some(0);
             }
             me.send(json!({"type": "candidate", "candidate": c}));
+        }
+    }
+
+    /// Media goes out to a receiver once its connection is up; then each publisher it
+    /// receives is asked for a keyframe (one asked for at negotiation could not be sent on).
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let (Some(room), Some(me)) = (self.room.upgrade(), self.me.upgrade()) else {
+            return;
+        };
+        match state {
+            RTCPeerConnectionState::Connected if !me.downlink.connected() => {
+                me.downlink.set_connected(true);
+                let legs = lock(&me.legs).clone();
+                room.stats.spawn(async move {
+                    for (publication, _) in legs {
+                        publication.request_keyframe().await;
+                    }
+                });
+            }
+            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                me.downlink.set_connected(false);
+            }
+            _ => {}
         }
     }
 

@@ -527,7 +527,7 @@ impl Downtrack {
     }
 
     fn payload_type(&self) -> Option<u8> {
-        if !self.ready.load(Ordering::Relaxed) {
+        if !self.ready.load(Ordering::Relaxed) || !self.downlink.connected() {
             return None;
         }
         u8::try_from(self.payload_type.load(Ordering::Relaxed)).ok()
