@@ -408,12 +408,11 @@ async fn the_call_survives_a_weak_mobile_link(app: TestApp) {
     dr.assert_no_errors();
 }
 
-/// The station's downlink collapses (40% lost): the relay sees it in the station's receiver
-/// reports and stops its video, keeping the audio; once the link is clean again, video comes
-/// back a step at a time.
-async fn a_collapsing_link_keeps_the_audio_and_drops_the_video(app: TestApp) {
-    let c = call(&app, true).await;
-    let mut dr = doctor_publishing(&app, &c).await;
+/// The doctor and the station in a call, publishing, the station on a link of its own (clean
+/// for now, 20 ms each way) that the test then degrades.
+async fn station_on_a_clean_link(app: &TestApp) -> (Peer, Peer, Arc<WeakLink>) {
+    let c = call(app, true).await;
+    let mut dr = doctor_publishing(app, &c).await;
     let link = WeakLink::new(0.0, Duration::from_millis(20));
     let mut yt = Peer::on(
         YT,
@@ -421,8 +420,16 @@ async fn a_collapsing_link_keeps_the_audio_and_drops_the_video(app: TestApp) {
         Some(Arc::clone(&link) as Arc<dyn Route>),
     )
     .await;
-    yt.join(&app, &c.id, &c.yt).await;
+    yt.join(app, &c.id, &c.yt).await;
     admitted_and_publishing(&mut dr, &mut yt).await;
+    (dr, yt, link)
+}
+
+/// The station's downlink collapses (40% lost): the relay sees it in the station's receiver
+/// reports and stops its video, keeping the audio; once the link is clean again, video comes
+/// back a step at a time.
+async fn a_collapsing_link_keeps_the_audio_and_drops_the_video(app: TestApp) {
+    let (mut dr, mut yt, link) = station_on_a_clean_link(&app).await;
     let from_dr = stream_of(DR);
     yt.receives(&from_dr, "video", ENOUGH).await;
     link.set_down_loss(0.4);
@@ -472,17 +479,8 @@ async fn a_collapsing_link_keeps_the_audio_and_drops_the_video(app: TestApp) {
 /// own link is clean, so the relay keeps its video (the loss is taken off as the relay's own
 /// numbering knows it never sent those) and tells it of no limit.
 async fn a_bad_uplink_costs_no_one_else_their_video(app: TestApp) {
-    let c = call(&app, true).await;
-    let mut dr = doctor_publishing(&app, &c).await;
-    let link = WeakLink::new(0.0, Duration::from_millis(20));
-    let mut yt = Peer::on(
-        YT,
-        Device::default(),
-        Some(Arc::clone(&link) as Arc<dyn Route>),
-    )
-    .await;
-    yt.join(&app, &c.id, &c.yt).await;
-    admitted_and_publishing(&mut dr, &mut yt).await;
+    // The station stays in the call (its peer held, not dropped).
+    let (mut dr, _yt, link) = station_on_a_clean_link(&app).await;
     let from_yt = stream_of(YT);
     dr.receives(&from_yt, "video", ENOUGH).await;
     link.set_up_loss(0.5);
