@@ -535,7 +535,8 @@ impl Downtrack {
 
     /// After the receiver answered: learns the leg's payload type, starts reading the
     /// receiver's feedback (keyframe requests go back to the publisher, receiver reports set
-    /// the video quality its link takes), and asks the publisher for a keyframe. Once per leg.
+    /// the video quality its link takes), and asks the publisher for a keyframe if media can
+    /// reach the receiver already. Once per leg.
     pub async fn negotiated(self: &Arc<Self>, publication: &Arc<Publication>, stats: &Arc<Stats>) {
         let Ok(params) = self.sender.get_parameters().await else {
             return;
@@ -568,7 +569,12 @@ impl Downtrack {
         );
         let numbering = Arc::clone(&self.numbering);
         stats.spawn(async move {
-            publication.request_keyframe().await;
+            // A keyframe to start on. Before the receiver's connection is up nothing reaches
+            // it, and the half-second limit would swallow the request made once it is: that
+            // one is asked for then (`room::Events::on_connection_state_change`).
+            if downlink.connected() {
+                publication.request_keyframe().await;
+            }
             while let Some(TrackLocalEvent::OnRtcpPacket(packets)) = local.poll().await {
                 if packets.iter().any(|p| is_keyframe_request(p.as_ref())) {
                     // Of the layer this receiver gets.
