@@ -24,6 +24,23 @@ enum Command {
     /// Rebuild the search index from the stored resources (after search parameter
     /// definitions change), with a progress bar.
     Reindex(Config),
+    /// Import NDJSON files (one resource a line), transaction or batch Bundles (.json, .xml),
+    /// or folders of them, with a progress bar. Resources keep their ids; a re-run after an
+    /// interruption skips what went in. Lines that fail are listed with their file, line and
+    /// OperationOutcome, and the rest goes in.
+    Import {
+        /// Files or folders (walked for .ndjson, .jsonl, .json and .xml files).
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+        /// Resources per batch (one database transaction each).
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Also write the failures as NDJSON (source, line, OperationOutcome) to this file.
+        #[arg(long)]
+        errors: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        config: Config,
+    },
     /// Accounts of people: `create`, `reset-password`, `disable`, `enable`. Passwords are read
     /// from the environment variable YBA_PASSWORD or, without it, from the first line of stdin.
     User {
@@ -111,6 +128,12 @@ fn main() -> std::process::ExitCode {
             .map(|b| tracing::info!(database = b.name(), "migrations are up to date"))
             .map_err(|e| e.to_string()),
         Command::Reindex(config) => reindex(config),
+        Command::Import {
+            paths,
+            batch,
+            errors,
+            config,
+        } => import(paths, batch, errors, config),
         Command::User { action } => user(action),
         Command::Client { action } => client(action),
     };
@@ -190,6 +213,105 @@ fn reindex(config: Config) -> Result<(), String> {
         bar.finish();
         tracing::info!(resources = done, "search index rebuilt");
         Ok(())
+    })
+}
+
+/// The progress bar of `yba import`.
+struct Bar(indicatif::ProgressBar);
+
+impl yba::fhir::import::Progress for Bar {
+    fn total(&self, units: u64) {
+        self.0.set_length(units);
+    }
+    fn advance(&self, units: u64) {
+        self.0.inc(units);
+    }
+}
+
+fn import(
+    paths: Vec<std::path::PathBuf>,
+    batch: usize,
+    errors: Option<std::path::PathBuf>,
+    config: Config,
+) -> Result<(), String> {
+    use yba::fhir::import;
+    let mut opts = import::Options {
+        batch,
+        base: config
+            .base_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}/fhir", config.bind)),
+        ..import::Options::default()
+    };
+    // `--workers` (YBA_WORKERS): batches parsed and written at the same time.
+    if let Some(w) = config.workers {
+        opts.workers = w.max(1);
+    }
+    let mut store_config = config.store();
+    store_config.pool_size = store_config.pool_size.max(opts.workers as u32 + 2);
+    actix_web::rt::System::new().block_on(async move {
+        let store = yba::store::Store::open(&store_config).map_err(|e| e.to_string())?;
+        yba::fhir::search::load_custom_params(&store)
+            .await
+            .map_err(|e| e.to_string())?;
+        let fhir = yba::fhir::interactions::Fhir::new(store.clone(), config.rules());
+        fhir.conformance()
+            .load_stored(&store)
+            .await
+            .map_err(|e| e.to_string())?;
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} importing [{bar:40}] {pos}/{len} resources ({per_sec}, {eta} left)",
+            )
+            .map_err(|e| e.to_string())?
+            .progress_chars("=> "),
+        );
+        let progress = std::sync::Arc::new(Bar(bar.clone()));
+        let sources = paths.into_iter().map(import::Source::Path).collect();
+        let started = std::time::Instant::now();
+        let report = import::run(&fhir, sources, &opts, progress)
+            .await
+            .map_err(|e| format!("the import stopped: {e}: {:?}", e.issues()))?;
+        bar.finish_and_clear();
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "imported in {secs:.1} s: {} resources written ({:.0}/s), {} already in and unchanged, \
+             {} Bundles processed, {} Bundles imported before",
+            report.written,
+            report.written as f64 / secs.max(0.001),
+            report.unchanged,
+            report.bundles,
+            report.bundles_skipped
+        );
+        for f in &report.ignored {
+            println!("ignored (not .ndjson, .jsonl, .json or .xml): {f}");
+        }
+        if let Some(path) = &errors {
+            let mut out = String::new();
+            for f in &report.failures {
+                let v = serde_json::json!({
+                    "source": f.source,
+                    "line": f.line,
+                    "outcome": yba::fhir::outcome::to_value(&f.issues),
+                });
+                out.push_str(&v.to_string());
+                out.push('\n');
+            }
+            std::fs::write(path, out)
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+        if report.failures.is_empty() {
+            return Ok(());
+        }
+        println!("{} failed:", report.failures.len());
+        for f in &report.failures {
+            println!("{f}\n  {}", yba::fhir::outcome::to_value(&f.issues));
+        }
+        Err(format!(
+            "{} lines or files failed (listed above); everything else went in",
+            report.failures.len()
+        ))
     })
 }
 

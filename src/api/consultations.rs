@@ -66,6 +66,7 @@ async fn transaction(state: &AppState, ctx: &Ctx, tx: Value) -> Result<Vec<Value
     let opts = BundleOptions {
         base: ctx.base().to_string(),
         representation: true,
+        once: None,
     };
     let again = tx.clone();
     let out = bundle::process(&fhir_for(state, ctx), tx, || Ok(again.clone()), &opts)

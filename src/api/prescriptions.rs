@@ -137,6 +137,7 @@ pub async fn prescribe(
             let opts = BundleOptions {
                 base: ctx.base().to_string(),
                 representation: true,
+                once: None,
             };
             let fhir = fhir_issuing(&state, &ctx, codes);
             let again = tx.clone();

@@ -46,6 +46,7 @@ pub async fn transaction(
             let opts = BundleOptions {
                 base: ctx.base().to_string(),
                 representation: ctx.prefer == Some(Return::Representation),
+                once: None,
             };
             if let Some(g) = &ctx.guard {
                 bundle_scopes(g, &value, ctx.base()).map_err(|e| ctx.error(e))?;

@@ -33,6 +33,9 @@ pub struct BundleOptions {
     pub base: String,
     /// `Prefer: return=representation`: include each written resource in its entry.
     pub representation: bool,
+    /// An import mark to set in the transaction's own database transaction (see
+    /// `fhir::import`): the transaction fails if it is set already, so a Bundle goes in once.
+    pub once: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -567,6 +570,13 @@ fn run_transaction(
     opts: &BundleOptions,
     now: i64,
 ) -> Result<Vec<EntryOut>> {
+    if let Some(key) = &opts.once
+        && !s.mark(key, now)?
+    {
+        return Err(Error::Conflict(
+            "this Bundle has been imported already".into(),
+        ));
+    }
     // 1. DELETE.
     let mut deleted = Vec::new();
     for e in entries.iter().filter(|e| e.verb == Verb::Delete) {

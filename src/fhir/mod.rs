@@ -24,6 +24,7 @@ pub mod fhirpath;
 pub mod fhirpath_patch;
 pub mod format;
 pub mod identity;
+pub mod import;
 pub mod interactions;
 pub mod links;
 pub mod mpi;

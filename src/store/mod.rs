@@ -7,6 +7,7 @@
 //! pool. PostgreSQL uses one pool for both.
 
 mod auth;
+mod bulk;
 mod prescribing;
 mod schema;
 mod search;
@@ -24,6 +25,7 @@ use diesel::{Connection, PgConnection, SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 pub use auth::{ClientRow, Refresh, SessionRow, UserRow};
+pub use bulk::JobRow;
 pub use prescribing::{RxLine, RxRow};
 pub use search::{
     Cond, Filter, Found, IndexTable, Prefix, SearchQuery, SortBy, SortKey, SortValue,
@@ -375,6 +377,25 @@ impl Store {
                 .await
             }
         }
+    }
+
+    /// After a bulk load: PostgreSQL's planner statistics brought up to date, so that searches
+    /// over what was loaded are planned on its real sizes (autovacuum would get there later).
+    /// SQLite plans without statistics unless asked; nothing to do there.
+    pub async fn analyze(&self) -> Result<(), StoreError> {
+        if self.backend != Backend::Postgres {
+            return Ok(());
+        }
+        self.read(|s| {
+            s.db_mut().batch_execute(&format!(
+                "SET statement_timeout = 0; ANALYZE resource_version, ix_token, ix_string, \
+                 ix_reference, ix_date, ix_number, ix_quantity, ix_uri, ix_composite; \
+                 SET statement_timeout = {}",
+                STATEMENT_TIMEOUT_MS.load(Ordering::Relaxed)
+            ))?;
+            Ok(())
+        })
+        .await
     }
 
     /// Whether the database answers (for `/readyz`).

@@ -197,3 +197,24 @@ diesel::table! {
         dispensed -> Double,
     }
 }
+
+diesel::table! {
+    import_mark (key) {
+        key -> Text,
+        at -> BigInt,
+    }
+}
+
+diesel::table! {
+    bulk_job (id) {
+        id -> Text,
+        kind -> Text,
+        owner -> Text,
+        status -> Text,
+        request -> Text,
+        progress -> Text,
+        created -> BigInt,
+        updated -> BigInt,
+        result -> Nullable<Text>,
+    }
+}

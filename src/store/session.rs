@@ -487,7 +487,22 @@ impl<'c> Session<'c> {
     /// Multi-row statements (diesel's MultiConnection has no batch insert, so this one query is
     /// spelled out for each engine by a macro: the same code, compiled twice).
     pub fn insert(&mut self, versions: &[(NewVersion<'_>, IndexRows)]) -> Result<Vec<i64>> {
-        let rows: Vec<&NewVersion<'_>> = versions.iter().map(|(v, _)| v).collect();
+        let (rows, ix): (Vec<&NewVersion<'_>>, Vec<&IndexRows>) =
+            versions.iter().map(|(v, i)| (v, i)).unzip();
+        self.insert_refs(rows, &ix)
+    }
+
+    /// [`Session::insert`] of versions and their index rows held apart (by bulk imports, whose
+    /// rows stay with their batch in case it must be retried).
+    pub fn insert_versions(
+        &mut self,
+        versions: &[NewVersion<'_>],
+        ix: &[&IndexRows],
+    ) -> Result<Vec<i64>> {
+        self.insert_refs(versions.iter().collect(), ix)
+    }
+
+    fn insert_refs(&mut self, rows: Vec<&NewVersion<'_>>, ix: &[&IndexRows]) -> Result<Vec<i64>> {
         let pks: Vec<i64> = match self.db {
             Db::Postgres(c) => batch_insert_versions!(c, &rows),
             // SQLite: one cached single-row statement a row. A multi-row INSERT must keep a
@@ -515,10 +530,10 @@ impl<'c> Session<'c> {
             }
         };
         self.insert_index_rows(
-            versions
-                .iter()
+            rows.iter()
+                .zip(ix)
                 .zip(&pks)
-                .map(|((v, ix), pk)| (*pk, v.res_type, ix)),
+                .map(|((v, ix), pk)| (*pk, v.res_type, *ix)),
         )?;
         Ok(pks)
     }

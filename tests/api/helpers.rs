@@ -19,6 +19,8 @@ pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub base: String,
     pub client: reqwest::Client,
+    /// Its DATABASE_URL (for the `yba` commands a test runs beside it).
+    pub db_url: String,
     /// The in-process server, or (for what is process-wide) the `yba` process.
     handle: Option<actix_web::dev::ServerHandle>,
     /// The in-process server's store (to create accounts as the `yba user` command does).
@@ -188,6 +190,7 @@ pub async fn spawn_process(postgres: bool) -> Option<TestApp> {
         addr,
         base: format!("http://{addr}/fhir"),
         client: reqwest::Client::new(),
+        db_url: url,
         handle: None,
         store: None,
         _child: Some(child),
@@ -197,6 +200,7 @@ pub async fn spawn_process(postgres: bool) -> Option<TestApp> {
 }
 
 async fn start(config: Config, dir: Option<tempfile::TempDir>, schema: Option<String>) -> TestApp {
+    let db_url = config.database_url.clone();
     let config = Config {
         workers: Some(1),
         db_pool: 4,
@@ -220,6 +224,7 @@ async fn start(config: Config, dir: Option<tempfile::TempDir>, schema: Option<St
             .pool_idle_timeout(std::time::Duration::from_secs(2))
             .build()
             .expect("client"),
+        db_url,
         handle: Some(handle),
         store: Some(store),
         _child: None,

@@ -16,6 +16,7 @@ mod examples;
 mod formats;
 mod history;
 mod identity;
+mod import;
 mod mpi;
 mod ops;
 mod prescribing;

@@ -1,0 +1,2 @@
+DROP TABLE bulk_job;
+DROP TABLE import_mark;

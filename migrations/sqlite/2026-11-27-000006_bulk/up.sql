@@ -1,0 +1,28 @@
+-- Bundles `yba import` and `$import` have written, by the SHA-256 of their bytes: written in the
+-- Bundle's own transaction, so a re-run after an interruption skips exactly what went in.
+-- (NDJSON resources need no mark: they are written under their own ids, and a resource whose
+-- content is already current is left alone.)
+CREATE TABLE import_mark (
+    key TEXT   PRIMARY KEY,
+    at  BIGINT NOT NULL
+);
+
+-- Asynchronous bulk jobs (`$import`, `$export`): in the database, so that any process sharing
+-- it answers the status poll, and a job survives the process that runs it.
+CREATE TABLE bulk_job (
+    id       TEXT   PRIMARY KEY,
+    kind     TEXT   NOT NULL,
+    -- Who asked: only they (or an administrator) may poll or delete the job.
+    owner    TEXT   NOT NULL,
+    -- queued | running | done | failed | cancelled
+    status   TEXT   NOT NULL,
+    -- The kick-off request, as the completion manifest repeats it.
+    request  TEXT   NOT NULL,
+    -- What is done so far, for X-Progress.
+    progress TEXT   NOT NULL,
+    created  BIGINT NOT NULL,
+    updated  BIGINT NOT NULL,
+    -- The completion manifest (JSON) once done, or the OperationOutcome of a failure.
+    result   TEXT
+);
+CREATE INDEX bulk_job_owner ON bulk_job (owner);
