@@ -57,6 +57,11 @@ pub struct Config {
     #[arg(long, env = "YBA_LENIENT_CITIZEN_ID", default_value_t = false)]
     pub lenient_citizen_id: bool,
 
+    /// URL prefixes `$import` may fetch NDJSON from, separated by commas (none: `$import` takes
+    /// uploads only), e.g. `https://his.bv-a.vn/export/`.
+    #[arg(long = "import-allow", env = "YBA_IMPORT_ALLOW", value_delimiter = ',')]
+    pub import_allow: Vec<String>,
+
     /// `off` turns sign-in, scopes, the access policy and the audit trail off: for local
     /// development only, never with real records.
     #[arg(long, env = "YBA_AUTH", default_value = "on", value_parser = parse_on_off)]
@@ -166,6 +171,7 @@ impl Config {
             access_log: false,
             always_profile: AlwaysProfile(crate::fhir::conformance::Rules::default().always),
             lenient_citizen_id: false,
+            import_allow: Vec::new(),
             auth: true,
             token_keys: None,
             access_token_ttl: 300,

@@ -37,6 +37,14 @@ impl ApiError {
         }
     }
 
+    /// The same error, its first issue placed at a FHIRPath location.
+    pub fn at(mut self, expression: impl Into<String>) -> ApiError {
+        if let Some(i) = self.issues.first_mut() {
+            i.expression = Some(expression.into());
+        }
+        self
+    }
+
     pub fn from_error(e: Error, format: Format) -> ApiError {
         let status = e.status();
         if status >= 500 {

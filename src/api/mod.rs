@@ -8,6 +8,7 @@
 //! - `page`: the teleconsultation page (`/consult/{id}`) and its script and style.
 
 pub mod access;
+pub mod bulk;
 pub mod consultations;
 pub mod error;
 pub mod negotiate;
@@ -114,6 +115,8 @@ pub struct AppState {
     pub rooms: Arc<crate::telehealth::room::Rooms>,
     /// Seconds a signaling socket may stay silent.
     pub signal_idle: u64,
+    /// URL prefixes `$import` may fetch from.
+    pub import_allow: Vec<String>,
 }
 
 impl AppState {
@@ -276,6 +279,40 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(
                     resource("/{type}/_history")
                         .route(get().to(rest::history_type))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    resource("/$export")
+                        .route(get().to(bulk::export_system))
+                        .route(post().to(bulk::export_system))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    resource("/Patient/$export")
+                        .route(get().to(bulk::export_patients))
+                        .route(post().to(bulk::export_patients))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    resource("/Group/{id}/$export")
+                        .route(get().to(bulk::export_group))
+                        .route(post().to(bulk::export_group))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    resource("/$import")
+                        .route(post().to(bulk::import))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    resource("/$bulk-status/{id}")
+                        .route(get().to(bulk::status))
+                        .route(delete().to(bulk::cancel))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    resource("/$bulk-file/{id}/{type}")
+                        .route(get().to(bulk::file))
                         .default_service(web::to(method_not_allowed)),
                 )
                 .service(
@@ -490,6 +527,12 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         base_url: config.base_url.as_deref().map(Arc::from),
         auth,
         rx_valid_days: config.prescription_valid_days,
+        import_allow: config
+            .import_allow
+            .iter()
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect(),
     });
     let access_log = web::Data::new(AccessLog(config.access_log));
     let cors_origins = config.cors_origins.clone();

@@ -109,6 +109,11 @@ fn accept_format(req: &HttpRequest) -> Result<Format, ApiError> {
         if q <= 0.0 {
             continue;
         }
+        // NDJSON (Bulk Data files) is answered, and its errors told, in JSON.
+        let mime = match mime {
+            "application/fhir+ndjson" | "application/ndjson" | "application/x-ndjson" => "json",
+            m => m,
+        };
         if let Some(f) = Format::from_mime(mime) {
             if best.is_none_or(|(bq, _)| q > bq) {
                 best = Some((q, f));

@@ -3,7 +3,7 @@
 
 use diesel::prelude::*;
 
-use super::schema::{bulk_job, import_mark, resource_version as rv};
+use super::schema::{bulk_file, bulk_job, import_mark, resource_version as rv};
 use super::session::{Session, VersionRow};
 use super::{Db, StoreError};
 
@@ -115,9 +115,61 @@ impl Session<'_> {
 
     /// Deletes a job (its outputs go with it); false if there was none.
     pub fn delete_job(&mut self, id: &str) -> Result<bool> {
+        diesel::delete(bulk_file::table.filter(bulk_file::job_id.eq(id))).execute(self.db_mut())?;
         let n =
             diesel::delete(bulk_job::table.filter(bulk_job::id.eq(id))).execute(self.db_mut())?;
         Ok(n == 1)
+    }
+
+    /// Adds a part (a page of NDJSON) to a job's output.
+    pub fn insert_part(
+        &mut self,
+        job: &str,
+        seq: i64,
+        res_type: &str,
+        count: i64,
+        body: &str,
+    ) -> Result<()> {
+        diesel::insert_into(bulk_file::table)
+            .values((
+                bulk_file::job_id.eq(job),
+                bulk_file::seq.eq(seq),
+                bulk_file::res_type.eq(res_type),
+                bulk_file::count.eq(count),
+                bulk_file::body.eq(body),
+            ))
+            .execute(self.db_mut())?;
+        Ok(())
+    }
+
+    /// The next part of a job's file of `res_type` after part `after`: (seq, body).
+    pub fn next_part(
+        &mut self,
+        job: &str,
+        res_type: &str,
+        after: i64,
+    ) -> Result<Option<(i64, String)>> {
+        Ok(bulk_file::table
+            .filter(bulk_file::job_id.eq(job))
+            .filter(bulk_file::res_type.eq(res_type))
+            .filter(bulk_file::seq.gt(after))
+            .order(bulk_file::seq)
+            .select((bulk_file::seq, bulk_file::body))
+            .first(self.db_mut())
+            .optional()?)
+    }
+
+    /// Deletes finished jobs (and their output) last changed before `before`.
+    pub fn purge_jobs(&mut self, before: i64) -> Result<usize> {
+        let old: Vec<String> = bulk_job::table
+            .filter(bulk_job::status.eq_any(["done", "failed"]))
+            .filter(bulk_job::updated.lt(before))
+            .select(bulk_job::id)
+            .load(self.db_mut())?;
+        for id in &old {
+            self.delete_job(id)?;
+        }
+        Ok(old.len())
     }
 
     /// Jobs left running by a process that stopped (not updated since `stale_before`): failed,

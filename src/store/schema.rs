@@ -218,3 +218,13 @@ diesel::table! {
         result -> Nullable<Text>,
     }
 }
+
+diesel::table! {
+    bulk_file (job_id, seq) {
+        job_id -> Text,
+        seq -> BigInt,
+        res_type -> Text,
+        count -> BigInt,
+        body -> Text,
+    }
+}

@@ -13,6 +13,7 @@ mod consultations;
 mod crud;
 mod errors;
 mod examples;
+mod export;
 mod formats;
 mod history;
 mod identity;

@@ -26,3 +26,14 @@ CREATE TABLE bulk_job (
     result   TEXT
 );
 CREATE INDEX bulk_job_owner ON bulk_job (owner);
+
+-- The output of a job, a page at a time (at most one page is ever held in memory, writing or
+-- serving): a job's file of one type is its parts of that type in `seq` order.
+CREATE TABLE bulk_file (
+    job_id   TEXT   NOT NULL,
+    seq      BIGINT NOT NULL,
+    res_type TEXT   NOT NULL,
+    count    BIGINT NOT NULL,
+    body     TEXT   NOT NULL,
+    PRIMARY KEY (job_id, seq)
+);

@@ -1,2 +1,3 @@
+DROP TABLE bulk_file;
 DROP TABLE bulk_job;
 DROP TABLE import_mark;
