@@ -19,6 +19,7 @@ pub mod page;
 pub mod prescriptions;
 pub mod rest;
 pub mod signal;
+pub mod subscriptions;
 pub mod system;
 
 use std::future::Future;
@@ -117,6 +118,9 @@ pub struct AppState {
     pub signal_idle: u64,
     /// URL prefixes `$import` may fetch from.
     pub import_allow: Vec<String>,
+    /// The websocket bindings of Subscriptions in this process (the dispatcher stops when the
+    /// state is dropped, with the server).
+    pub subscriptions: Arc<crate::fhir::subscription::Hub>,
 }
 
 impl AppState {
@@ -279,6 +283,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .service(
                     resource("/{type}/_history")
                         .route(get().to(rest::history_type))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
+                    resource("/websocket")
+                        .route(get().to(subscriptions::websocket))
                         .default_service(web::to(method_not_allowed)),
                 )
                 .service(
@@ -463,6 +472,8 @@ pub struct Running {
 pub fn start(config: &Config) -> Result<Running, StartError> {
     let store = Store::open(&config.store())?;
     let fhir = Fhir::new(store.clone(), config.rules());
+    let subscriptions = Arc::new(crate::fhir::subscription::Hub::default());
+    crate::fhir::subscription::spawn(fhir.clone(), Arc::downgrade(&subscriptions));
     let (auth, audit_writer) = if config.auth {
         let keys =
             crate::auth::token::Keys::parse(config.token_keys.as_ref().map(|k| k.0.as_str()))
@@ -527,6 +538,7 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         base_url: config.base_url.as_deref().map(Arc::from),
         auth,
         rx_valid_days: config.prescription_valid_days,
+        subscriptions: subscriptions.clone(),
         import_allow: config
             .import_allow
             .iter()

@@ -142,6 +142,9 @@ impl Fhir {
 
     /// The checks a resource about to be written must pass beyond its R4 structure.
     pub(crate) fn admit(&self, ty: &str, value: &Value, at: &str) -> Result<()> {
+        if ty == "Subscription" {
+            super::subscription::check(value)?;
+        }
         self.conformance.check_definition(ty, value, at)?;
         self.conformance.admit(ty, value, at)
     }

@@ -33,6 +33,7 @@ pub mod primitive;
 pub mod profile;
 pub mod schema;
 pub mod search;
+pub mod subscription;
 pub mod validate;
 pub mod vn_rules;
 pub mod xml_check;

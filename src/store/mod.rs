@@ -8,6 +8,7 @@
 
 mod auth;
 mod bulk;
+mod changes;
 mod prescribing;
 mod schema;
 mod search;
@@ -26,6 +27,7 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 pub use auth::{ClientRow, Refresh, SessionRow, UserRow};
 pub use bulk::JobRow;
+pub use changes::{ChangeRow, QueuedRow};
 pub use prescribing::{RxLine, RxRow};
 pub use search::{
     Cond, Filter, Found, IndexTable, Prefix, SearchQuery, SortBy, SortKey, SortValue,
@@ -131,6 +133,8 @@ pub struct Store {
     writer: Option<std::sync::mpsc::Sender<writer::Job>>,
     /// What a thread needs to open its own reader connection.
     reader: std::sync::Arc<ThreadReader>,
+    /// Told after every committed write (the Subscription matcher waits on it).
+    changed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// Opens per-thread reader connections (one per HTTP worker thread, see `read_point`).
@@ -237,6 +241,7 @@ impl Store {
                     pool,
                     writer: Some(writer::spawn(writer, checkpoints)),
                     reader: std::sync::Arc::new(reader),
+                    changed: Default::default(),
                 }
             }
             Backend::Postgres => {
@@ -269,6 +274,7 @@ impl Store {
                     pool,
                     writer: None,
                     reader: std::sync::Arc::new(reader),
+                    changed: Default::default(),
                 }
             }
         };
@@ -277,6 +283,11 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Notified after each write this process commits.
+    pub fn changes(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.changed.clone()
     }
 
     /// Runs read-only work on a pooled connection, off the async workers.
@@ -361,7 +372,12 @@ impl Store {
                     );
                 }
                 match rx.await {
-                    Ok(r) => r,
+                    Ok(r) => {
+                        if r.is_ok() {
+                            self.changed.notify_one();
+                        }
+                        r
+                    }
                     Err(_) => Err(StoreError::Unavailable(
                         "the write failed in the SQLite writer".into(),
                     )
@@ -370,11 +386,15 @@ impl Store {
             }
             None => {
                 let pool = self.pool.clone();
-                blocking(move || {
+                let r = blocking(move || {
                     let mut conn: PooledConnection<_> = pool.get().map_err(StoreError::from)?;
                     postgres_write(&mut conn, backend, f)
                 })
-                .await
+                .await;
+                if r.is_ok() {
+                    self.changed.notify_one();
+                }
+                r
             }
         }
     }

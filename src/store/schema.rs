@@ -228,3 +228,24 @@ diesel::table! {
         body -> Text,
     }
 }
+
+diesel::table! {
+    sub_state (name) {
+        name -> Text,
+        txid -> Nullable<BigInt>,
+        pk -> Nullable<BigInt>,
+        holder -> Nullable<Text>,
+        lease_until -> BigInt,
+    }
+}
+
+diesel::table! {
+    sub_queue (seq) {
+        seq -> BigInt,
+        sub_id -> Text,
+        res_type -> Text,
+        res_id -> Text,
+        version -> BigInt,
+        at -> BigInt,
+    }
+}

@@ -24,4 +24,5 @@ mod prescribing;
 mod profiles;
 mod search;
 mod signaling;
+mod subscriptions;
 mod vn;

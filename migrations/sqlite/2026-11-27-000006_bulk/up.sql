@@ -37,3 +37,28 @@ CREATE TABLE bulk_file (
     body     TEXT   NOT NULL,
     PRIMARY KEY (job_id, seq)
 );
+
+-- Subscriptions. One process at a time (the holder of the lease) reads the change sequence
+-- (resource_version.txid, pk) past the cursor, matches it against the active Subscriptions and
+-- queues a notification per match, in the same transaction as it moves the cursor on; then it
+-- delivers each Subscription's queue in order, deleting a notification once its endpoint took
+-- it (at least once: a crash between delivery and deletion delivers again).
+CREATE TABLE sub_state (
+    name        TEXT   PRIMARY KEY,
+    txid        BIGINT,
+    pk          BIGINT,
+    holder      TEXT,
+    lease_until BIGINT NOT NULL
+);
+INSERT INTO sub_state (name, lease_until) VALUES ('matcher', 0);
+
+CREATE TABLE sub_queue (
+    seq      INTEGER PRIMARY KEY,
+    sub_id   TEXT   NOT NULL,
+    res_type TEXT   NOT NULL,
+    res_id   TEXT   NOT NULL,
+    version  BIGINT NOT NULL,
+    -- When the version was written (ms), for the latency of its delivery.
+    at       BIGINT NOT NULL
+);
+CREATE INDEX sub_queue_sub ON sub_queue (sub_id, seq);
