@@ -58,10 +58,14 @@ pub fn capability_statement(base: &str, conformance: &Conformance) -> Value {
             })];
             if *ty == "Patient" {
                 ops.extend([
+                    json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}),
                     json!({"name": "everything", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}),
                     json!({"name": "match", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-match"}),
                     json!({"name": "merge", "definition": "http://hl7.org/fhir/OperationDefinition/Patient-merge"}),
                 ]);
+            }
+            if *ty == "Group" {
+                ops.push(json!({"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"}));
             }
             if *ty == "MedicationRequest" {
                 // The e-prescription operations (`crate::prescribing`).
@@ -84,8 +88,14 @@ pub fn capability_statement(base: &str, conformance: &Conformance) -> Value {
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "application/fhir+xml", "json", "xml"],
         "patchFormat": ["application/json-patch+json", "application/fhir+json", "application/fhir+xml"],
+        "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
         "rest": [{
             "mode": "server",
+            // R4 Subscriptions: where the websocket channel binds.
+            "extension": [{
+                "url": "http://hl7.org/fhir/StructureDefinition/capabilitystatement-websocket",
+                "valueUri": format!("{}/websocket", base.replacen("http", "ws", 1))
+            }],
             "documentation": "Search: every R4 search parameter listed per resource, with modifiers :missing (all), :exact :contains (string), :not :text :of-type (token; of-type on identifier), :Type :identifier (reference), :above :below (uri); prefixes eq ne gt lt ge le sa eb ap on date, number and quantity; chains, _has, _include/_revinclude (with :iterate), _sort (several keys, - for descending, missing values last), _count with next and previous links, _total, _summary, _elements, _type at system level, Patient/[id]/$everything (the compartment and the non-patient resources it refers to) and compartment searches ([compartment]/[id]/[type]) as the R4 CompartmentDefinitions define them. On PostgreSQL a search statement that runs past YBA_SEARCH_TIMEOUT is stopped with a too-costly OperationOutcome. Not supported: _text, _content, _query, _list, _filter (ignored, or refused with Prefer: handling=strict), :in/:not-in/:above/:below on tokens, Location near. Unknown parameters are ignored and reported in an OperationOutcome entry unless Prefer: handling=strict.",
             "resource": resources,
             "compartment": [
@@ -99,6 +109,10 @@ pub fn capability_statement(base: &str, conformance: &Conformance) -> Value {
                 {"name": "_id", "type": "token"},
                 {"name": "_lastUpdated", "type": "date"},
                 {"name": "_type", "type": "token"}
+            ],
+            "operation": [
+                {"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"},
+                {"name": "import", "definition": "https://yba.vn/fhir/OperationDefinition/import"}
             ],
             "interaction": [
                 {"code": "search-system"},

@@ -39,6 +39,8 @@ const STANDBY: Duration = Duration::from_millis(1_000);
 /// Back-off of failed deliveries: doubling from the first, up to the last.
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// How often the listener looks for notifications.
+const LISTEN_POLL: Duration = Duration::from_millis(10);
 /// How long an endpoint has to answer.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -225,9 +227,58 @@ impl Hub {
     }
 }
 
-/// Starts the dispatcher in a thread of its own; it stops once `alive` is dropped (the server's
-/// state, when the server stops).
+/// On PostgreSQL, a thread that listens for the websocket notifications of whichever process
+/// delivers them, and pings this process's sockets.
+fn listen(url: String, hub: Weak<Hub>) {
+    use diesel::{Connection, PgConnection, RunQueryDsl};
+    let spawned = std::thread::Builder::new()
+        .name("yba-sub-listen".into())
+        .spawn(move || {
+            while hub.strong_count() > 0 {
+                let conn = PgConnection::establish(&url)
+                    .map_err(|e| e.to_string())
+                    .and_then(|mut c| {
+                        diesel::sql_query("LISTEN yba_subscription")
+                            .execute(&mut c)
+                            .map_err(|e| e.to_string())?;
+                        Ok(c)
+                    });
+                let mut conn = match conn {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Subscriptions: cannot LISTEN");
+                        std::thread::sleep(STANDBY);
+                        continue;
+                    }
+                };
+                'polling: while let Some(h) = hub.upgrade() {
+                    for n in conn.notifications_iter() {
+                        match n {
+                            Ok(n) => {
+                                h.ping(&n.payload);
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "Subscriptions: the LISTEN connection failed");
+                                break 'polling;
+                            }
+                        }
+                    }
+                    drop(h);
+                    std::thread::sleep(LISTEN_POLL);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "the Subscription listener cannot start");
+    }
+}
+
+/// Starts the dispatcher in a thread of its own (and, on PostgreSQL, the listener); they stop
+/// once `hub` is dropped (with the server's state, when the server stops).
 pub fn spawn(fhir: Fhir, hub: Weak<Hub>) {
+    if fhir.store().backend() == crate::store::Backend::Postgres {
+        listen(fhir.store().url().to_string(), hub.clone());
+    }
     let spawned = std::thread::Builder::new()
         .name("yba-subscriptions".into())
         .spawn(move || {
@@ -583,7 +634,14 @@ async fn deliver(
 ) -> std::result::Result<(), String> {
     match sub.channel {
         Channel::WebSocket => {
-            if let Some(hub) = hub.upgrade() {
+            // On PostgreSQL, every process's listener pings its own sockets (this one's too).
+            let id = sub.id.clone();
+            let told = fhir
+                .store()
+                .read(move |s| Ok::<_, Error>(s.notify_listeners(&id)?))
+                .await
+                .map_err(|e| format!("the listeners cannot be told: {e}"))?;
+            if !told && let Some(hub) = hub.upgrade() {
                 hub.ping(&sub.id);
             }
             Ok(())

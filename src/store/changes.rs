@@ -3,7 +3,7 @@
 
 use diesel::dsl::sql;
 use diesel::prelude::*;
-use diesel::sql_types::BigInt;
+use diesel::sql_types::{BigInt, Text};
 
 use super::schema::{resource_version as rv, sub_queue, sub_state};
 use super::session::Session;
@@ -155,5 +155,19 @@ impl Session<'_> {
         diesel::delete(sub_queue::table.filter(sub_queue::sub_id.eq(sub)))
             .execute(self.db_mut())?;
         Ok(())
+    }
+
+    /// Tells every process listening on PostgreSQL (`LISTEN yba_subscription`) of `payload`;
+    /// false on SQLite, which has one process and no one to tell.
+    pub fn notify_listeners(&mut self, payload: &str) -> Result<bool> {
+        match self.db_mut() {
+            Db::Postgres(c) => {
+                diesel::sql_query("SELECT pg_notify('yba_subscription', $1)")
+                    .bind::<Text, _>(payload)
+                    .execute(c)?;
+                Ok(true)
+            }
+            Db::Sqlite(_) => Ok(false),
+        }
     }
 }

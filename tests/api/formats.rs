@@ -141,7 +141,22 @@ async fn metadata_is_a_capability_statement_of_all_types(app: TestApp) {
         .iter()
         .map(|o| o["name"].as_str().unwrap())
         .collect();
-    assert_eq!(ops, ["validate", "everything", "match", "merge"]);
+    assert_eq!(ops, ["validate", "export", "everything", "match", "merge"]);
+    // Bulk Data at system level, and where Subscriptions' websockets bind.
+    let sys_ops: Vec<&str> = cs["rest"][0]["operation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(sys_ops, ["export", "import"]);
+    assert!(
+        cs["rest"][0]["extension"][0]["valueUri"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("ws://") && u.ends_with("/fhir/websocket")),
+        "{}",
+        cs["rest"][0]
+    );
     let org = resources
         .iter()
         .find(|r| r["type"] == "Organization")

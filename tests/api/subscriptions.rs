@@ -320,6 +320,25 @@ async fn two_servers_sharing_postgres_deliver_once() {
     let other = crate::helpers::spawn_postgres_beside(&app, crate::helpers::international).await;
     let receiver = Receiver::start().await;
     subscribe(&app, rest_hook("Encounter?status=finished", &receiver.url)).await;
+    // A websocket subscriber on each server: pinged wherever the notification is delivered.
+    let live = subscribe(
+        &app,
+        json!({"resourceType": "Subscription", "status": "requested", "reason": "live",
+            "criteria": "Encounter?status=finished", "channel": {"type": "websocket"}}),
+    )
+    .await;
+    let mut sockets = Vec::new();
+    for server in [&app, &other] {
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://{}/fhir/websocket", server.addr))
+                .await
+                .expect("socket");
+        ws.send(Message::text(format!("bind {live}")))
+            .await
+            .unwrap();
+        assert_eq!(text(&mut ws).await, format!("bound {live}"));
+        sockets.push(ws);
+    }
     for i in 0..10 {
         let server = if i % 2 == 0 { &app } else { &other };
         let id = format!("m{i}");
@@ -337,6 +356,20 @@ async fn two_servers_sharing_postgres_deliver_once() {
     let paths: Vec<&str> = heard.iter().map(|h| h.path.as_str()).collect();
     let want: Vec<String> = (0..10).map(|i| format!("/hook/Encounter/m{i}")).collect();
     assert_eq!(paths, want, "each once, in the order written");
+    for ws in &mut sockets {
+        for _ in 0..10 {
+            let ping = tokio::time::timeout(Duration::from_secs(10), text(ws))
+                .await
+                .expect("pinged");
+            assert_eq!(ping, format!("ping {live}"));
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), text(ws))
+                .await
+                .is_err(),
+            "one ping a write"
+        );
+    }
 }
 
 crate::on_both_databases!(@with crate::helpers::international;
