@@ -311,6 +311,8 @@ struct Dispatcher {
     subs: Arc<RwLock<HashMap<String, Sub>>>,
     workers: HashMap<String, Worker>,
     client: reqwest::Client,
+    /// How far the change sequence was read (while the lease is held).
+    cursor: Option<(i64, i64)>,
 }
 
 impl Dispatcher {
@@ -321,6 +323,7 @@ impl Dispatcher {
             me: uuid::Uuid::new_v4().to_string(),
             subs: Arc::default(),
             workers: HashMap::new(),
+            cursor: None,
             client: reqwest::Client::builder()
                 .timeout(DELIVERY_TIMEOUT)
                 .build()
@@ -339,16 +342,31 @@ impl Dispatcher {
         while self.hub.strong_count() > 0 {
             let now = crate::fhir::datetime::now_millis();
             if lease_until - now < LEASE_MS / 2 {
-                let me = self.me.clone();
+                // Renewing the lease also records how far the matcher read (`cursor`: kept in
+                // memory between, so that reading changes that notify nobody writes nothing).
+                let (me, cursor) = (self.me.clone(), self.cursor);
                 let took = self
                     .store()
-                    .write(move |s| Ok::<_, Error>(s.take_lease(&me, now, now + LEASE_MS)?))
+                    .write(move |s| {
+                        if !s.take_lease(&me, now, now + LEASE_MS)? {
+                            return Ok::<_, Error>(None);
+                        }
+                        match cursor {
+                            Some(c) => s.set_cursor(c)?,
+                            None => return Ok(Some(s.feed_cursor()?)),
+                        }
+                        Ok(cursor)
+                    })
                     .await;
                 match took {
-                    Ok(true) => lease_until = now + LEASE_MS,
-                    Ok(false) => {
+                    Ok(Some(c)) => {
+                        lease_until = now + LEASE_MS;
+                        self.cursor = Some(c);
+                    }
+                    Ok(None) => {
                         lease_until = 0;
                         loaded = false;
+                        self.cursor = None;
                         self.stop_workers();
                         tokio::time::sleep(STANDBY).await;
                         continue;
@@ -376,8 +394,10 @@ impl Dispatcher {
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "Subscriptions: the change feed cannot be read");
-                    // Read the Subscriptions afresh: a reload may be what failed.
+                    // Start again from the lease: the cursor and the Subscriptions afresh.
                     loaded = false;
+                    lease_until = 0;
+                    self.cursor = None;
                 }
             }
             let _ = tokio::time::timeout(POLL, changed.notified()).await;
@@ -466,18 +486,21 @@ impl Dispatcher {
         wake
     }
 
-    /// Matches the next changes; true if there may be more waiting.
+    /// Matches the next changes; true if there may be more waiting. Notifications are queued in
+    /// the transaction that records the cursor past them, and only while the lease is held; a
+    /// new holder starts from the recorded cursor (what a predecessor read but did not record
+    /// is read again: at least once).
     async fn step(&mut self) -> Result<bool> {
-        let (cursor, bound, changes) = self
+        let Some(cursor) = self.cursor else {
+            return Ok(false);
+        };
+        let changes = self
             .store()
-            .read(|s| {
-                let cursor = s.feed_cursor()?;
+            .read(move |s| {
                 let bound = s.change_bound()?;
-                let changes = s.changes_after(cursor, bound, BATCH)?;
-                Ok::<_, Error>((cursor, bound, changes))
+                Ok::<_, Error>(s.changes_after(cursor, bound, BATCH)?)
             })
             .await?;
-        let _ = bound;
         let Some(last) = changes.last() else {
             return Ok(false);
         };
@@ -485,27 +508,34 @@ impl Dispatcher {
         let more = changes.len() as i64 == BATCH;
         let matched = self.matches(&changes).await?;
         let subs_changed = changes.iter().any(|c| c.res_type == "Subscription");
-        let woken: Vec<String> = {
-            let mut w: Vec<String> = matched.iter().map(|m| m.0.clone()).collect();
-            w.dedup();
-            w
-        };
-        self.store()
-            .write(move |s| {
-                // Only the holder of the lease moves the cursor (and only from where it read).
-                if s.feed_cursor()? != cursor {
-                    return Ok::<_, Error>(());
-                }
-                s.enqueue(&matched)?;
-                s.set_cursor(next)?;
-                Ok(())
-            })
-            .await?;
+        if !matched.is_empty() {
+            let mut woken: Vec<String> = matched.iter().map(|m| m.0.clone()).collect();
+            woken.dedup();
+            let me = self.me.clone();
+            let now = crate::fhir::datetime::now_millis();
+            let held = self
+                .store()
+                .write(move |s| {
+                    if !s.take_lease(&me, now, now + LEASE_MS)? {
+                        return Ok::<_, Error>(false);
+                    }
+                    s.enqueue(&matched)?;
+                    s.set_cursor(next)?;
+                    Ok(true)
+                })
+                .await?;
+            if !held {
+                return Err(Error::Conflict(
+                    "another process took the Subscription lease".into(),
+                ));
+            }
+            for id in woken {
+                self.worker(&id).notify_one();
+            }
+        }
+        self.cursor = Some(next);
         if subs_changed {
             self.reload().await?;
-        }
-        for id in woken {
-            self.worker(&id).notify_one();
         }
         Ok(more)
     }
