@@ -102,8 +102,10 @@ impl Session<'_> {
         bound: i64,
         limit: i64,
     ) -> Result<Vec<ChangeRow>> {
+        // `txid >= t` on its own, so that both planners scan the txid index from the cursor.
         Ok(rv::table
-            .filter(rv::txid.gt(txid).or(rv::txid.eq(txid).and(rv::pk.gt(pk))))
+            .filter(rv::txid.ge(txid))
+            .filter(rv::txid.gt(txid).or(rv::pk.gt(pk)))
             .filter(rv::txid.lt(bound))
             .order((rv::txid, rv::pk))
             .limit(limit)

@@ -376,3 +376,55 @@ crate::on_both_databases!(@with crate::helpers::international;
     a_rest_hook_hears_matching_writes_only,
     a_websocket_subscriber_is_pinged,
 );
+
+/// The station's case: its rest-hook hears when the hospital accepts its consultation.
+async fn a_station_hears_when_its_consultation_is_accepted(app: TestApp) {
+    use crate::auth::{as_user, user_token};
+    use crate::consultations::{api, ask, station_world};
+    use reqwest::Method;
+    station_world(&app).await;
+    let admin = user_token(&app, "admin1").await;
+    let yt = user_token(&app, "yt.binh").await;
+    let dr = user_token(&app, "dr.an").await;
+    let receiver = Receiver::start().await;
+    let sub = rest_hook(
+        "Appointment?status=booked&based-on:ServiceRequest.requester=Organization/tram-c",
+        &receiver.url,
+    );
+    // A Subscription carries whatever matches to its endpoint: an administrator's to make.
+    as_user(&app, &yt, Method::POST, "Subscription", Some(&sub))
+        .await
+        .assert_outcome(403);
+    let r = as_user(&app, &admin, Method::POST, "Subscription", Some(&sub)).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while as_user(&app, &admin, Method::GET, &format!("Subscription/{id}"), None)
+        .await
+        .json()["status"]
+        != "active"
+    {
+        assert!(Instant::now() < deadline, "not activated");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = api(&app, &yt, Method::POST, "", Some(&ask("Patient/pa"))).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let consultation = r.json()["id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(receiver.heard.lock().unwrap().is_empty(), "not booked yet");
+    let r = api(&app, &dr, Method::POST, &format!("/{consultation}/accept"), Some(&json!({}))).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let heard = receiver.wait_for(1).await;
+    assert_eq!(heard.len(), 1, "{heard:?}");
+    assert_eq!(heard[0].path, format!("/hook/Appointment/{consultation}"));
+    assert_eq!(heard[0].authorization.as_deref(), Some("Bearer station-secret"));
+    let appointment: Value = serde_json::from_str(&heard[0].body).unwrap();
+    assert_eq!(appointment["status"], "booked");
+}
+
+mod with_auth {
+    use super::a_station_hears_when_its_consultation_is_accepted;
+    crate::on_both_databases!(@with crate::helpers::with_auth;
+        a_station_hears_when_its_consultation_is_accepted,
+    );
+}
