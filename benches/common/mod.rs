@@ -203,7 +203,9 @@ pub fn anon_kb(pid: u32) -> u64 {
     status_kb(pid, "RssAnon:")
 }
 
-fn status_kb(pid: u32, field: &str) -> u64 {
+/// A field of `/proc/<pid>/status` in kB (`VmRSS:`, `RssAnon:`, `VmHWM:`).
+#[allow(dead_code)]
+pub fn status_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {

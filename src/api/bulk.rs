@@ -172,25 +172,7 @@ async fn kickoff(req: HttpRequest, state: web::Data<AppState>, level: Level) -> 
                 }
             }
             let base = ctx.base().to_string();
-            let now = now_millis();
-            let job = JobRow {
-                id: uuid::Uuid::new_v4().to_string(),
-                kind: "export".into(),
-                owner: owner(&ctx),
-                status: "queued".into(),
-                request: request_url(&base, &req),
-                progress: "queued".into(),
-                created: now,
-                updated: now,
-                result: None,
-            };
-            let row = job.clone();
-            state
-                .fhir
-                .store()
-                .write(move |s| Ok::<_, Error>(s.insert_job(&row)?))
-                .await
-                .map_err(|e| ctx.error(e))?;
+            let job = new_job(&state, &ctx, &req, "export").await?;
             let store = state.fhir.store().clone();
             let requires_token = state.auth.is_some();
             let id = job.id.clone();
@@ -201,6 +183,35 @@ async fn kickoff(req: HttpRequest, state: web::Data<AppState>, level: Level) -> 
             Ok(accepted(ctx.base(), &id))
         })
         .await
+}
+
+/// Records a new job of `kind` for the caller, queued.
+async fn new_job(
+    state: &AppState,
+    ctx: &super::negotiate::Ctx,
+    req: &HttpRequest,
+    kind: &str,
+) -> Result<JobRow, ApiError> {
+    let now = now_millis();
+    let job = JobRow {
+        id: uuid::Uuid::new_v4().to_string(),
+        kind: kind.into(),
+        owner: owner(ctx),
+        status: "queued".into(),
+        request: request_url(ctx.base(), req),
+        progress: "queued".into(),
+        created: now,
+        updated: now,
+        result: None,
+    };
+    let row = job.clone();
+    state
+        .fhir
+        .store()
+        .write(move |s| Ok::<_, Error>(s.insert_job(&row)?))
+        .await
+        .map_err(|e| ctx.error(e))?;
+    Ok(job)
 }
 
 /// The request URL as the manifest repeats it.
@@ -642,25 +653,7 @@ pub async fn import(
                 import_inputs(&ctx, &body, &state.import_allow)?
             };
             let base = ctx.base().to_string();
-            let now = now_millis();
-            let job = JobRow {
-                id: uuid::Uuid::new_v4().to_string(),
-                kind: "import".into(),
-                owner: owner(&ctx),
-                status: "queued".into(),
-                request: request_url(&base, &req),
-                progress: "queued".into(),
-                created: now,
-                updated: now,
-                result: None,
-            };
-            let row = job.clone();
-            state
-                .fhir
-                .store()
-                .write(move |s| Ok::<_, Error>(s.insert_job(&row)?))
-                .await
-                .map_err(|e| ctx.error(e))?;
+            let job = new_job(&state, &ctx, &req, "import").await?;
             let fhir = state.fhir.clone();
             let requires_token = state.auth.is_some();
             let id = job.id.clone();

@@ -399,9 +399,15 @@ async fn a_station_hears_when_its_consultation_is_accepted(app: TestApp) {
     assert_eq!(r.status, 201, "{}", r.body);
     let id = r.json()["id"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while as_user(&app, &admin, Method::GET, &format!("Subscription/{id}"), None)
-        .await
-        .json()["status"]
+    while as_user(
+        &app,
+        &admin,
+        Method::GET,
+        &format!("Subscription/{id}"),
+        None,
+    )
+    .await
+    .json()["status"]
         != "active"
     {
         assert!(Instant::now() < deadline, "not activated");
@@ -412,12 +418,22 @@ async fn a_station_hears_when_its_consultation_is_accepted(app: TestApp) {
     let consultation = r.json()["id"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(receiver.heard.lock().unwrap().is_empty(), "not booked yet");
-    let r = api(&app, &dr, Method::POST, &format!("/{consultation}/accept"), Some(&json!({}))).await;
+    let r = api(
+        &app,
+        &dr,
+        Method::POST,
+        &format!("/{consultation}/accept"),
+        Some(&json!({})),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let heard = receiver.wait_for(1).await;
     assert_eq!(heard.len(), 1, "{heard:?}");
     assert_eq!(heard[0].path, format!("/hook/Appointment/{consultation}"));
-    assert_eq!(heard[0].authorization.as_deref(), Some("Bearer station-secret"));
+    assert_eq!(
+        heard[0].authorization.as_deref(),
+        Some("Bearer station-secret")
+    );
     let appointment: Value = serde_json::from_str(&heard[0].body).unwrap();
     assert_eq!(appointment["status"], "booked");
 }
