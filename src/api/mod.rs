@@ -286,6 +286,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                         .default_service(web::to(method_not_allowed)),
                 )
                 .service(
+                    resource("/Subscription/{id}/$get-ws-binding-token")
+                        .route(get().to(subscriptions::binding_token))
+                        .route(post().to(subscriptions::binding_token))
+                        .default_service(web::to(method_not_allowed)),
+                )
+                .service(
                     resource("/websocket")
                         .route(get().to(subscriptions::websocket))
                         .default_service(web::to(method_not_allowed)),

@@ -438,9 +438,55 @@ async fn a_station_hears_when_its_consultation_is_accepted(app: TestApp) {
     assert_eq!(appointment["status"], "booked");
 }
 
+/// With auth on, a socket binds with a token the administrator's session asked for.
+async fn a_websocket_binds_with_a_token(app: TestApp) {
+    use crate::auth::{as_user, user_token, world};
+    use reqwest::Method;
+    world(&app).await;
+    let admin = user_token(&app, "admin1").await;
+    let patient = user_token(&app, crate::auth::CCCD_A).await;
+    let sub = json!({"resourceType": "Subscription", "status": "requested", "reason": "live",
+        "criteria": "Observation?code=8867-4", "channel": {"type": "websocket"}});
+    let r = as_user(&app, &admin, Method::POST, "Subscription", Some(&sub)).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let path = format!("Subscription/{id}/$get-ws-binding-token");
+    // Not the patient's: the Subscription is not theirs to see.
+    as_user(&app, &patient, Method::GET, &path, None)
+        .await
+        .assert_outcome(404);
+    let r = as_user(&app, &admin, Method::GET, &path, None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let params = r.json();
+    let token = params["parameter"][0]["valueString"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(params["parameter"][2]["valueString"], id.as_str());
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/fhir/websocket", app.addr))
+        .await
+        .expect("socket");
+    ws.send(Message::text(format!("bind {id}"))).await.unwrap();
+    assert!(
+        text(&mut ws).await.starts_with("error "),
+        "no binding by id without a token"
+    );
+    ws.send(Message::text("bind-with-token forged.token.here"))
+        .await
+        .unwrap();
+    assert!(text(&mut ws).await.starts_with("error "));
+    ws.send(Message::text(format!("bind-with-token {token}")))
+        .await
+        .unwrap();
+    assert_eq!(text(&mut ws).await, format!("bound {id}"));
+}
+
 mod with_auth {
-    use super::a_station_hears_when_its_consultation_is_accepted;
+    use super::{
+        a_station_hears_when_its_consultation_is_accepted, a_websocket_binds_with_a_token,
+    };
     crate::on_both_databases!(@with crate::helpers::with_auth;
         a_station_hears_when_its_consultation_is_accepted,
+        a_websocket_binds_with_a_token,
     );
 }
