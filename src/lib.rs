@@ -25,3 +25,14 @@ pub mod store;
 pub mod telehealth;
 pub mod telemetry;
 pub mod vn;
+
+/// A builder of clients for the server's own outgoing HTTP(S) (`$import` inputs, Subscription
+/// notifications): rustls on the `ring` provider, installed once, and the system's trust store.
+pub fn http_client() -> reqwest::ClientBuilder {
+    static TLS: std::sync::Once = std::sync::Once::new();
+    TLS.call_once(|| {
+        // Fails only if a provider is installed already, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder()
+}

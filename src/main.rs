@@ -254,6 +254,16 @@ fn import(
         yba::fhir::search::load_custom_params(&store)
             .await
             .map_err(|e| e.to_string())?;
+        // Into an empty database this stamps the search index's definitions (as `yba serve`
+        // does), so that the server later started on it knows its index is current.
+        if !yba::fhir::search::index_is_current(&store)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            tracing::warn!(
+                "the search index was written under other search parameter definitions: run `yba reindex` after the import"
+            );
+        }
         let fhir = yba::fhir::interactions::Fhir::new(store.clone(), config.rules());
         fhir.conformance()
             .load_stored(&store)

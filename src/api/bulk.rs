@@ -873,7 +873,12 @@ async fn fetch(url: &str, path: &std::path::Path) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot make a temporary folder: {e}"))?;
     }
-    let resp = reqwest::get(url)
+    let client = crate::http_client()
+        .build()
+        .map_err(|e| format!("cannot make an HTTP client: {e}"))?;
+    let resp = client
+        .get(url)
+        .send()
         .await
         .map_err(|e| format!("cannot fetch {url}: {e}"))?;
     if !resp.status().is_success() {

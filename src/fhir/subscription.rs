@@ -115,13 +115,6 @@ pub fn check(value: &Value) -> Result<()> {
                     "Subscription.channel.endpoint",
                 ));
             }
-            if endpoint.starts_with("https://") {
-                return Err(Error::invalid_at(
-                    "not-supported",
-                    "this server delivers over plain HTTP only: put TLS in front of the receiver at a proxy of yours",
-                    "Subscription.channel.endpoint",
-                ));
-            }
         }
         Some("websocket") => {}
         Some(other) => {
@@ -324,7 +317,7 @@ impl Dispatcher {
             subs: Arc::default(),
             workers: HashMap::new(),
             cursor: None,
-            client: reqwest::Client::builder()
+            client: crate::http_client()
                 .timeout(DELIVERY_TIMEOUT)
                 .build()
                 .unwrap_or_default(),
