@@ -254,6 +254,13 @@ impl Drop for TestApp {
 }
 
 impl TestApp {
+    /// Stops the in-process server (as a process stops), keeping its database.
+    pub async fn stop(&self) {
+        if let Some(h) = &self.handle {
+            h.stop(false).await;
+        }
+    }
+
     /// A request to a path under the FHIR base (`Patient/1`) or, with a leading `/`, the server.
     pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
         let url = if path.starts_with('/') {

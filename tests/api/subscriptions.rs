@@ -377,6 +377,55 @@ crate::on_both_databases!(@with crate::helpers::international;
     a_websocket_subscriber_is_pinged,
 );
 
+/// The process delivering notifications stops: another takes over once its lease runs out, and
+/// what was written meanwhile is delivered, once each, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_server_takes_over_when_the_deliverer_stops() {
+    let Some(app) = crate::helpers::spawn_postgres_with(crate::helpers::international).await else {
+        return;
+    };
+    // `app` started first: its matcher holds the lease.
+    let other = crate::helpers::spawn_postgres_beside(&app, crate::helpers::international).await;
+    let receiver = Receiver::start().await;
+    subscribe(&app, rest_hook("Encounter?status=finished", &receiver.url)).await;
+    let r = app
+        .put_json("Encounter/f0", &encounter("f0", "finished", "org-a"))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    receiver.wait_for(1).await;
+    app.stop().await;
+    let stopped = Instant::now();
+    for i in 1..4 {
+        let id = format!("f{i}");
+        let r = other
+            .put_json(
+                &format!("Encounter/{id}"),
+                &encounter(&id, "finished", "org-a"),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    receiver.wait_for(4).await;
+    // Delivered by the other server once the stopped one's lease ran out (not by the stopped one).
+    assert!(
+        stopped.elapsed() >= Duration::from_secs(2),
+        "delivered {:?} after the deliverer stopped: it did not stop",
+        stopped.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let heard = receiver.heard.lock().unwrap().clone();
+    let paths: Vec<&str> = heard.iter().map(|h| h.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/hook/Encounter/f0",
+            "/hook/Encounter/f1",
+            "/hook/Encounter/f2",
+            "/hook/Encounter/f3"
+        ]
+    );
+}
+
 /// The station's case: its rest-hook hears when the hospital accepts its consultation.
 async fn a_station_hears_when_its_consultation_is_accepted(app: TestApp) {
     use crate::auth::{as_user, user_token};
