@@ -39,8 +39,6 @@ const STALE_MS: i64 = 10 * 60 * 1000;
 /// How long a finished job's manifest and files are kept (unless deleted sooner).
 const KEEP_MS: i64 = 24 * 3600 * 1000;
 
-type Reply = Result<HttpResponse, ApiError>;
-
 fn respond_async(req: &HttpRequest) -> bool {
     req.headers()
         .get_all("prefer")
@@ -205,10 +203,17 @@ async fn new_job(
         result: None,
     };
     let row = job.clone();
+    let fail = stale_outcome();
     state
         .fhir
         .store()
-        .write(move |s| Ok::<_, Error>(s.insert_job(&row)?))
+        .write(move |s| {
+            // Housekeeping with each new job: jobs left running by a process that stopped are
+            // failed, finished ones past their keeping are deleted.
+            s.fail_stale_jobs(now - STALE_MS, &fail, now)?;
+            s.purge_jobs(now - KEEP_MS)?;
+            Ok::<_, Error>(s.insert_job(&row)?)
+        })
         .await
         .map_err(|e| ctx.error(e))?;
     Ok(job)
@@ -489,28 +494,36 @@ async fn finish(store: &Store, id: &str, result: Outcome) {
     }
 }
 
+/// The outcome of a job whose process stopped before it finished.
+fn stale_outcome() -> String {
+    crate::fhir::outcome::to_value(&[crate::fhir::outcome::Issue::error(
+        "incomplete",
+        "the server running this job stopped before it finished; start it again",
+    )])
+    .to_string()
+}
+
 /// The job `id` if the caller may see it (its owner, or an administrator).
 async fn owned_job(
     state: &AppState,
     ctx: &super::negotiate::Ctx,
     id: &str,
 ) -> Result<JobRow, ApiError> {
-    let store = state.fhir.store().clone();
-    let stale = now_millis() - STALE_MS;
-    let fail = crate::fhir::outcome::to_value(&[crate::fhir::outcome::Issue::error(
-        "incomplete",
-        "the server running this job stopped before it finished; start it again",
-    )])
-    .to_string();
     let key = id.to_string();
-    let job = store
-        .write(move |s| {
-            s.fail_stale_jobs(stale, &fail, now_millis())?;
-            s.purge_jobs(now_millis() - KEEP_MS)?;
-            Ok::<_, Error>(s.job(&key)?)
-        })
+    let mut job = state
+        .fhir
+        .store()
+        .read_point(move |s| Ok::<_, Error>(s.job(&key)?))
         .await
         .map_err(|e| ctx.error(e))?;
+    // A job its process left running is told as failed (and recorded so at the next kick-off).
+    if let Some(j) = &mut job
+        && matches!(j.status.as_str(), "queued" | "running")
+        && j.updated < now_millis() - STALE_MS
+    {
+        j.status = "failed".into();
+        j.result = Some(stale_outcome());
+    }
     let mine = |j: &JobRow| match &ctx.guard {
         None => true,
         Some(g) => g.principal.role == Role::Admin || g.principal.subject == j.owner,
@@ -532,20 +545,19 @@ pub async fn status(
         .reply(&req, Interaction::Operations, |ctx| async {
             let ctx = ctx;
             let job = owned_job(&state, &ctx, &path).await?;
-            let r: Reply = match job.status.as_str() {
-                "done" => Ok(HttpResponse::Ok()
+            Ok(match job.status.as_str() {
+                "done" => HttpResponse::Ok()
                     .content_type("application/json")
                     .insert_header(("Expires", "0"))
-                    .body(job.result.unwrap_or_default())),
-                "failed" => Ok(HttpResponse::InternalServerError()
+                    .body(job.result.unwrap_or_default()),
+                "failed" => HttpResponse::InternalServerError()
                     .content_type("application/fhir+json")
-                    .body(job.result.unwrap_or_default())),
-                _ => Ok(HttpResponse::Accepted()
+                    .body(job.result.unwrap_or_default()),
+                _ => HttpResponse::Accepted()
                     .insert_header(("X-Progress", job.progress))
                     .insert_header(("Retry-After", "1"))
-                    .finish()),
-            };
-            r
+                    .finish(),
+            })
         })
         .await
 }

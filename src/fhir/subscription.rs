@@ -39,8 +39,6 @@ const STANDBY: Duration = Duration::from_millis(1_000);
 /// Back-off of failed deliveries: doubling from the first, up to the last.
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
-/// How often the listener looks for notifications.
-const LISTEN_POLL: Duration = Duration::from_millis(10);
 /// How long an endpoint has to answer.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -222,44 +220,18 @@ impl Hub {
 
 /// On PostgreSQL, a thread that listens for the websocket notifications of whichever process
 /// delivers them, and pings this process's sockets.
-fn listen(url: String, hub: Weak<Hub>) {
-    use diesel::{Connection, PgConnection, RunQueryDsl};
+fn listen(store: Store, hub: Weak<Hub>) {
     let spawned = std::thread::Builder::new()
         .name("yba-sub-listen".into())
         .spawn(move || {
-            while hub.strong_count() > 0 {
-                let conn = PgConnection::establish(&url)
-                    .map_err(|e| e.to_string())
-                    .and_then(|mut c| {
-                        diesel::sql_query("LISTEN yba_subscription")
-                            .execute(&mut c)
-                            .map_err(|e| e.to_string())?;
-                        Ok(c)
-                    });
-                let mut conn = match conn {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Subscriptions: cannot LISTEN");
-                        std::thread::sleep(STANDBY);
-                        continue;
+            store.listen(
+                || hub.strong_count() > 0,
+                |id| {
+                    if let Some(h) = hub.upgrade() {
+                        h.ping(id);
                     }
-                };
-                'polling: while let Some(h) = hub.upgrade() {
-                    for n in conn.notifications_iter() {
-                        match n {
-                            Ok(n) => {
-                                h.ping(&n.payload);
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "Subscriptions: the LISTEN connection failed");
-                                break 'polling;
-                            }
-                        }
-                    }
-                    drop(h);
-                    std::thread::sleep(LISTEN_POLL);
-                }
-            }
+                },
+            )
         });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "the Subscription listener cannot start");
@@ -270,7 +242,7 @@ fn listen(url: String, hub: Weak<Hub>) {
 /// once `hub` is dropped (with the server's state, when the server stops).
 pub fn spawn(fhir: Fhir, hub: Weak<Hub>) {
     if fhir.store().backend() == crate::store::Backend::Postgres {
-        listen(fhir.store().url().to_string(), hub.clone());
+        listen(fhir.store().clone(), hub.clone());
     }
     let spawned = std::thread::Builder::new()
         .name("yba-subscriptions".into())

@@ -7,7 +7,7 @@ use diesel::sql_types::{BigInt, Text};
 
 use super::schema::{resource_version as rv, sub_queue, sub_state};
 use super::session::Session;
-use super::{Db, StoreError};
+use super::{Db, Store, StoreError};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -37,6 +37,53 @@ pub struct QueuedRow {
 }
 
 const MATCHER: &str = "matcher";
+
+/// The PostgreSQL channel of Subscription websocket notifications.
+const CHANNEL: &str = "yba_subscription";
+
+impl Store {
+    /// PostgreSQL: hands each payload sent with [`Session::notify_listeners`] (by any process)
+    /// to `on`, on a connection of its own, reconnecting after a failure, for as long as `alive`
+    /// says. Blocks: run it on a thread of its own. Returns at once on SQLite.
+    pub fn listen(&self, alive: impl Fn() -> bool, mut on: impl FnMut(&str)) {
+        use diesel::{Connection, PgConnection};
+        const POLL: std::time::Duration = std::time::Duration::from_millis(10);
+        const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+        if self.backend != super::Backend::Postgres {
+            return;
+        }
+        while alive() {
+            let conn = PgConnection::establish(&self.reader.url)
+                .map_err(|e| e.to_string())
+                .and_then(|mut c| {
+                    diesel::sql_query(format!("LISTEN {CHANNEL}"))
+                        .execute(&mut c)
+                        .map_err(|e| e.to_string())?;
+                    Ok(c)
+                });
+            let mut conn = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot LISTEN for Subscription notifications");
+                    std::thread::sleep(RETRY);
+                    continue;
+                }
+            };
+            'polling: while alive() {
+                for n in conn.notifications_iter() {
+                    match n {
+                        Ok(n) => on(&n.payload),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the LISTEN connection failed");
+                            break 'polling;
+                        }
+                    }
+                }
+                std::thread::sleep(POLL);
+            }
+        }
+    }
+}
 
 impl Session<'_> {
     /// Takes or renews the matcher's lease for `holder` until `until`; false if another
@@ -164,7 +211,7 @@ impl Session<'_> {
     pub fn notify_listeners(&mut self, payload: &str) -> Result<bool> {
         match self.db_mut() {
             Db::Postgres(c) => {
-                diesel::sql_query("SELECT pg_notify('yba_subscription', $1)")
+                diesel::sql_query(format!("SELECT pg_notify('{CHANNEL}', $1)"))
                     .bind::<Text, _>(payload)
                     .execute(c)?;
                 Ok(true)

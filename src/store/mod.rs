@@ -285,11 +285,6 @@ impl Store {
         self.backend
     }
 
-    /// The URL of the database (for a connection of one's own: `LISTEN`).
-    pub fn url(&self) -> &str {
-        &self.reader.url
-    }
-
     /// Notified after each write this process commits.
     pub fn changes(&self) -> std::sync::Arc<tokio::sync::Notify> {
         self.changed.clone()
