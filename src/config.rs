@@ -150,6 +150,24 @@ pub struct Config {
     #[arg(long, env = "YBA_TRUST_FORWARDED", default_value_t = false)]
     pub trust_forwarded: bool,
 
+    /// Commune node: the FHIR base of the upstream server (the provincial or central yba) this
+    /// one syncs with, e.g. `https://ehr.soyte.vn/fhir`. Unset: not a node.
+    #[arg(long, env = "YBA_UPSTREAM")]
+    pub upstream: Option<String>,
+
+    /// The station's OAuth client id at upstream (a hospital system of the station's
+    /// organization, `system/*.cruds`).
+    #[arg(long, env = "YBA_UPSTREAM_CLIENT_ID")]
+    pub upstream_client_id: Option<String>,
+
+    /// The station's client secret at upstream (environment only).
+    #[arg(skip = std::env::var("YBA_UPSTREAM_CLIENT_SECRET").ok().map(Secret))]
+    pub upstream_client_secret: Option<Secret>,
+
+    /// Time between sync rounds while the link is up: `30s`, `500ms`, or seconds.
+    #[arg(long = "sync-interval", env = "YBA_SYNC_INTERVAL", default_value = "30s", value_parser = parse_millis)]
+    pub sync_interval_ms: u64,
+
     /// Log one line per request (method, route, status, time; never query strings or bodies).
     #[arg(long, env = "YBA_ACCESS_LOG", default_value_t = false)]
     pub access_log: bool,
@@ -192,7 +210,38 @@ impl Config {
             signal_idle: 30,
             prescription_valid_days: crate::prescribing::DEFAULT_VALID_DAYS,
             trust_forwarded: false,
+            upstream: None,
+            upstream_client_id: None,
+            upstream_client_secret: None,
+            sync_interval_ms: 30_000,
         }
+    }
+
+    /// The upstream of a commune node; None when this server is not one.
+    pub fn upstream(&self) -> Result<Option<crate::sync::upstream::UpstreamConfig>, String> {
+        let Some(base) = self
+            .upstream
+            .as_deref()
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+        else {
+            return Ok(None);
+        };
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(format!("YBA_UPSTREAM '{base}' is not an http(s) URL"));
+        }
+        let (Some(id), Some(secret)) = (&self.upstream_client_id, &self.upstream_client_secret)
+        else {
+            return Err(
+                "YBA_UPSTREAM needs the station's client: YBA_UPSTREAM_CLIENT_ID and YBA_UPSTREAM_CLIENT_SECRET"
+                    .into(),
+            );
+        };
+        Ok(Some(crate::sync::upstream::UpstreamConfig {
+            base: base.trim_end_matches('/').to_string(),
+            client_id: id.clone(),
+            client_secret: secret.0.clone(),
+        }))
     }
 
     /// The conformance checks on write.

@@ -10,6 +10,7 @@
 //!   versioned resource table and its indexes.
 //! - [`vn`]: Vietnamese identifiers as validated types (citizen ID, health-insurance card,
 //!   facility code), each rule with its legal source.
+//! - [`sync`]: a commune node's sync with its upstream server (push, pull, conflicts).
 //! - [`config`], [`error`], [`telemetry`]: settings from flags and environment, the error type
 //!   every layer returns, logs and metrics.
 //!
@@ -22,6 +23,7 @@ pub mod error;
 pub mod fhir;
 pub mod prescribing;
 pub mod store;
+pub mod sync;
 pub mod telehealth;
 pub mod telemetry;
 pub mod vn;
@@ -29,10 +31,15 @@ pub mod vn;
 /// A builder of clients for the server's own outgoing HTTP(S) (`$import` inputs, Subscription
 /// notifications): rustls on the `ring` provider, installed once, and the system's trust store.
 pub fn http_client() -> reqwest::ClientBuilder {
+    install_tls();
+    reqwest::Client::builder()
+}
+
+/// Installs rustls's `ring` provider for the process (once; a provider installed already is as
+/// good). Every reqwest client in the process needs one, the server's own and any beside it.
+pub fn install_tls() {
     static TLS: std::sync::Once = std::sync::Once::new();
     TLS.call_once(|| {
-        // Fails only if a provider is installed already, which is as good.
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
-    reqwest::Client::builder()
 }

@@ -41,6 +41,15 @@ enum Command {
         #[command(flatten)]
         config: Config,
     },
+    /// Commune node: one sync round with the upstream server (YBA_UPSTREAM and the station's
+    /// client), pull then push; prints the round as JSON. Exits 1 if the round failed.
+    Sync {
+        /// Run one round and exit (the server's own loop runs them in the background).
+        #[arg(long, required = true)]
+        once: bool,
+        #[command(flatten)]
+        config: Config,
+    },
     /// Accounts of people: `create`, `reset-password`, `disable`, `enable`. Passwords are read
     /// from the environment variable YBA_PASSWORD or, without it, from the first line of stdin.
     User {
@@ -134,6 +143,7 @@ fn main() -> std::process::ExitCode {
             errors,
             config,
         } => import(paths, batch, errors, config),
+        Command::Sync { once: _, config } => sync_once(config),
         Command::User { action } => user(action),
         Command::Client { action } => client(action),
     };
@@ -183,6 +193,33 @@ fn serve(config: Config) -> Result<(), String> {
         }
         tracing::info!("stopped");
         Ok(())
+    })
+}
+
+fn sync_once(config: Config) -> Result<(), String> {
+    let upstream = config
+        .upstream()?
+        .ok_or("yba sync needs YBA_UPSTREAM (the upstream server's FHIR base)")?;
+    actix_web::rt::System::new().block_on(async move {
+        let store = yba::store::Store::open(&config.store()).map_err(|e| e.to_string())?;
+        yba::fhir::search::load_custom_params(&store)
+            .await
+            .map_err(|e| e.to_string())?;
+        let fhir = yba::fhir::interactions::Fhir::new(store, config.rules());
+        let node = yba::sync::Node::new(
+            fhir,
+            upstream,
+            std::time::Duration::from_millis(config.sync_interval_ms),
+        )?;
+        let round = node.round().await;
+        println!(
+            "{}",
+            serde_json::to_string(&round).map_err(|e| e.to_string())?
+        );
+        match round.error {
+            None => Ok(()),
+            Some(e) => Err(format!("the sync round failed: {e}")),
+        }
     })
 }
 

@@ -20,6 +20,7 @@ pub mod prescriptions;
 pub mod rest;
 pub mod signal;
 pub mod subscriptions;
+pub mod sync;
 pub mod system;
 
 use std::future::Future;
@@ -121,6 +122,8 @@ pub struct AppState {
     /// The websocket bindings of Subscriptions in this process (the dispatcher stops when the
     /// state is dropped, with the server).
     pub subscriptions: Arc<crate::fhir::subscription::Hub>,
+    /// A commune node's sync with its upstream (None: not a node).
+    pub sync: Option<Arc<crate::sync::Node>>,
 }
 
 impl AppState {
@@ -262,6 +265,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             resource("/.well-known/smart-configuration")
                 .route(get().to(oauth::smart_configuration)),
         )
+        .service(resource("/api/sync/status").route(get().to(sync::status)))
+        .service(resource("/api/sync/run").route(post().to(sync::run)))
+        .service(resource("/api/sync/conflicts/{id}/resolve").route(post().to(sync::resolve)))
         .service(resource("/readyz").route(get().to(ops::readyz)))
         .service(resource("/metrics").route(get().to(ops::metrics)))
         .service(
@@ -477,9 +483,21 @@ pub struct Running {
 /// runs it until SIGTERM/SIGINT, then lets in-flight requests finish.
 pub fn start(config: &Config) -> Result<Running, StartError> {
     let store = Store::open(&config.store())?;
+    crate::install_tls();
     let fhir = Fhir::new(store.clone(), config.rules());
     let subscriptions = Arc::new(crate::fhir::subscription::Hub::default());
     crate::fhir::subscription::spawn(fhir.clone(), Arc::downgrade(&subscriptions));
+    let sync = match config.upstream().map_err(StartError::Config)? {
+        Some(up) => Some(Arc::new(
+            crate::sync::Node::new(
+                fhir.clone(),
+                up,
+                Duration::from_millis(config.sync_interval_ms.max(100)),
+            )
+            .map_err(StartError::Config)?,
+        )),
+        None => None,
+    };
     let (auth, audit_writer) = if config.auth {
         let keys =
             crate::auth::token::Keys::parse(config.token_keys.as_ref().map(|k| k.0.as_str()))
@@ -545,6 +563,7 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
         auth,
         rx_valid_days: config.prescription_valid_days,
         subscriptions: subscriptions.clone(),
+        sync: sync.clone(),
         import_allow: config
             .import_allow
             .iter()
@@ -553,6 +572,9 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
             .collect(),
     });
     let access_log = web::Data::new(AccessLog(config.access_log));
+    if let Some(node) = &sync {
+        crate::sync::Node::spawn(node);
+    }
     let cors_origins = config.cors_origins.clone();
     let mut server = HttpServer::new(move || {
         let mut cors = actix_cors::Cors::default()
@@ -582,6 +604,8 @@ pub fn start(config: &Config) -> Result<Running, StartError> {
             // Bodies are read by handlers with their own limit (413 as an OperationOutcome).
             .app_data(web::PayloadConfig::new(usize::MAX))
             .wrap(actix_web::middleware::from_fn(observe))
+            // gzip (or brotli, zstd) for clients that ask: a commune node on a slow link.
+            .wrap(actix_web::middleware::Compress::default())
             .wrap(
                 actix_web::middleware::DefaultHeaders::new()
                     .add(("X-Content-Type-Options", "nosniff"))

@@ -74,7 +74,43 @@ pub async fn read_body(
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body.freeze())
+    match req
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.as_bytes())
+    {
+        None => Ok(body.freeze()),
+        Some(e) if e.eq_ignore_ascii_case(b"identity") => Ok(body.freeze()),
+        // A commune node gzips what it pushes over a slow link.
+        Some(e) if e.eq_ignore_ascii_case(b"gzip") => {
+            use std::io::Read;
+            let mut out = Vec::with_capacity(body.len() * 4);
+            flate2::read::GzDecoder::new(&body[..])
+                .take(limit as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| {
+                    ApiError::new(
+                        400,
+                        "structure",
+                        format!("the gzipped request body does not inflate: {e}"),
+                        ctx.format,
+                    )
+                })?;
+            if out.len() > limit {
+                return Err(too_large());
+            }
+            Ok(out.into())
+        }
+        Some(other) => Err(ApiError::new(
+            415,
+            "not-supported",
+            format!(
+                "Content-Encoding '{}' is not supported (gzip is)",
+                String::from_utf8_lossy(other)
+            ),
+            ctx.format,
+        )),
+    }
 }
 
 /// Parses and validates a resource body, checking its type against the URL's.
@@ -798,20 +834,48 @@ async fn history(
     let fetched = rows.len();
     let last_key = rows.last().map(|s| (s.last_updated, s.pk));
     if ctx.guard.is_some() {
+        // A deletion is judged by the version it deleted: whoever could read that may know it
+        // is gone (a commune node pulls deletions so).
+        let deleted: Vec<(String, String, i64)> = rows
+            .iter()
+            .filter(|s| s.deleted && s.version > 1)
+            .map(|s| (s.ty.clone(), s.id.clone(), s.version - 1))
+            .collect();
+        let mut before: std::collections::HashMap<(String, String), String> = state
+            .fhir
+            .store()
+            .read(move |s| {
+                let mut out = std::collections::HashMap::new();
+                for (ty, id, v) in deleted {
+                    if let Some(r) = s.version(&ty, &id, v)? {
+                        out.insert((ty, id), r.body);
+                    }
+                }
+                Ok::<_, Error>(out)
+            })
+            .await
+            .map_err(|e| ctx.error(e))?;
         let items: Vec<(String, String)> = rows
             .iter()
-            .map(|s| (s.ty.clone(), s.body.clone()))
+            .map(|s| {
+                let body = if s.deleted {
+                    before
+                        .remove(&(s.ty.clone(), s.id.clone()))
+                        .unwrap_or_default()
+                } else {
+                    s.body.clone()
+                };
+                (s.ty.clone(), body)
+            })
             .collect();
         let ok = readable(state.fhir.store(), ctx.guard.as_ref(), items)
             .await
             .map_err(|e| ctx.error(e))?;
-        // A deletion shows nothing to judge by: only an instance's own history, which the
-        // versions around it vouch for, keeps it.
         let any_seen = rows.iter().zip(&ok).any(|(s, ok)| *ok && !s.deleted);
         let mut i = 0;
         rows.retain(|s| {
             i += 1;
-            ok[i - 1] && (!s.deleted || (instance && any_seen))
+            ok[i - 1] || (s.deleted && instance && any_seen)
         });
         if instance && !any_seen && fetched > 0 {
             return Err(ctx.error(Error::NotFound("the resource is not known".into())));

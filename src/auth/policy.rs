@@ -329,6 +329,23 @@ impl Guard {
         Ok(true)
     }
 
+    /// Whether what this request wrote (an encounter at the caller's organization, say) ties
+    /// the caller to the patients of a resource it could not see before: asked afresh. A
+    /// commune node links its patient to the citizen's existing record so, in one transaction
+    /// with its encounter.
+    fn ties_now(&self, s: &mut Session<'_>, ty: &str, value: &Value) -> Result<bool> {
+        let linked = linked_patients_of(ty, value);
+        if linked.is_empty() {
+            return Ok(false);
+        }
+        for patient in &linked {
+            if !self.decision(s, patient, true)?.allowed {
+                return Ok(false);
+            }
+        }
+        self.may_read_value(s, ty, value)
+    }
+
     /// Whether the request is a practitioner's break-glass (an emergency, with a reason).
     fn breaks_glass(&self) -> bool {
         self.principal.role == Role::Practitioner && self.principal.break_glass.is_some()
@@ -584,8 +601,12 @@ impl Gate for Guard {
             let Ok(value) = serde_json::from_str::<Value>(c.body) else {
                 continue;
             };
-            if !c.created && !self.may_read_value(s, c.ty, &value)? {
-                // A conditional create that found what the caller may not see.
+            if !c.created
+                && !self.may_read_value(s, c.ty, &value)?
+                && !self.ties_now(s, c.ty, &value)?
+            {
+                // A conditional create that found what the caller may not see (and that the
+                // rest of the request gave the caller no care of).
                 return Err(Error::Forbidden(format!(
                     "the {} the request names belongs to a record this caller may not see",
                     c.ty

@@ -203,3 +203,33 @@ fn with_xhtml_namespace(div: &str) -> std::borrow::Cow<'_, str> {
         std::borrow::Cow::Borrowed(div)
     }
 }
+
+/// The span of a stored body's `meta.versionId` and `meta.lastUpdated` (written first in `meta`,
+/// which comes right after `id`, in the canonical JSON the store keeps).
+fn stamp_span(body: &str) -> Option<(usize, usize)> {
+    const META: &str = "\"meta\":{";
+    const LAST: &str = "\"lastUpdated\":\"";
+    let start = body.find("\"meta\":{\"versionId\":\"")? + META.len();
+    let lu = start + body[start..].find(LAST)? + LAST.len();
+    let end = lu + body[lu..].find('"')? + 1;
+    Some((start, end))
+}
+
+/// Whether two stored bodies say the same apart from their version and time.
+pub fn same_content(a: &str, b: &str) -> bool {
+    match (stamp_span(a), stamp_span(b)) {
+        (Some((a0, a1)), Some((b0, b1))) => a[..a0] == b[..b0] && a[a1..] == b[b1..],
+        _ => a == b,
+    }
+}
+
+/// A body with another version and time.
+pub fn restamp(body: &str, version: i64, at: i64) -> Option<String> {
+    let (start, end) = stamp_span(body)?;
+    Some(format!(
+        "{}\"versionId\":\"{version}\",\"lastUpdated\":\"{}\"{}",
+        &body[..start],
+        super::datetime::format_instant(at),
+        &body[end..]
+    ))
+}

@@ -21,8 +21,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::bundle::{self, BundleOptions};
-use super::datetime::{format_instant, now_millis};
-use super::format::{Format, parse_resource};
+use super::datetime::now_millis;
+use super::format::{Format, parse_resource, restamp, same_content};
 use super::identity;
 use super::interactions::{Fhir, check_id, prepare, retry};
 use super::outcome::Issue;
@@ -697,36 +697,6 @@ fn write_batch(s: &mut Session<'_>, items: &[&Item]) -> Result<(u64, u64)> {
     let rows: Vec<&IndexRows> = out.iter().map(|(item, ..)| &item.rows).collect();
     s.insert_versions(&versions, &rows)?;
     Ok((versions.len() as u64, unchanged))
-}
-
-/// The span of a stored body's `meta.versionId` and `meta.lastUpdated` (written first in `meta`,
-/// which comes right after `id`, in the canonical JSON the store keeps).
-fn stamp_span(body: &str) -> Option<(usize, usize)> {
-    const META: &str = "\"meta\":{";
-    const LAST: &str = "\"lastUpdated\":\"";
-    let start = body.find("\"meta\":{\"versionId\":\"")? + META.len();
-    let lu = start + body[start..].find(LAST)? + LAST.len();
-    let end = lu + body[lu..].find('"')? + 1;
-    Some((start, end))
-}
-
-/// Whether two stored bodies say the same apart from their version and time.
-fn same_content(a: &str, b: &str) -> bool {
-    match (stamp_span(a), stamp_span(b)) {
-        (Some((a0, a1)), Some((b0, b1))) => a[..a0] == b[..b0] && a[a1..] == b[b1..],
-        _ => a == b,
-    }
-}
-
-/// A body with another version and time.
-fn restamp(body: &str, version: i64, at: i64) -> Option<String> {
-    let (start, end) = stamp_span(body)?;
-    Some(format!(
-        "{}\"versionId\":\"{version}\",\"lastUpdated\":\"{}\"{}",
-        &body[..start],
-        format_instant(at),
-        &body[end..]
-    ))
 }
 
 /// The key of a Bundle's import mark.

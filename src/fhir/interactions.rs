@@ -678,7 +678,7 @@ pub(crate) fn update_in(
     now: i64,
 ) -> Result<Written> {
     s.lock_resource(ty, id)?;
-    let current = s.current_version(ty, id)?;
+    let current = s.current(ty, id)?;
     let location = ty;
     match current {
         None => {
@@ -707,6 +707,14 @@ pub(crate) fn update_in(
             let version = c.version + 1;
             let (body, tokens) =
                 prepare(value, ty, id, version, now.max(c.last_updated), location)?;
+            // Content that is current already makes no new version (as HAPI FHIR does): a
+            // retried update, or a commune node's re-sent push, changes nothing.
+            if !c.deleted && super::format::same_content(&c.body, &body) {
+                return Ok(Written {
+                    stored: c.into(),
+                    created: false,
+                });
+            }
             // What the Patient already claimed is not claimed anew (one citizen, one record).
             let settled = if ty == "Patient" && !c.deleted {
                 identity::prior_claims(s.retire_returning(c.pk, CITIZEN_ID)?)

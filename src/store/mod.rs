@@ -13,6 +13,7 @@ mod prescribing;
 mod schema;
 mod search;
 mod session;
+mod sync;
 mod writer;
 
 use std::cell::RefCell;
@@ -36,6 +37,7 @@ pub use session::{
     CompositeRow, DateRow, HistoryQuery, HistoryScope, IndexRows, Method, NewVersion, NumberRow,
     QuantityRow, ReferenceRow, Session, StringRow, TokenRow, UriRow, VersionRow, fnv1a,
 };
+pub use sync::{ConflictRow, Link};
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");

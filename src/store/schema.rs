@@ -172,6 +172,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     ix_quantity,
     ix_uri,
     ix_composite,
+    sync_link,
 );
 
 diesel::table! {
@@ -247,5 +248,37 @@ diesel::table! {
         res_id -> Text,
         version -> BigInt,
         at -> BigInt,
+    }
+}
+
+diesel::table! {
+    sync_state (name) {
+        name -> Text,
+        txid -> Nullable<BigInt>,
+        pk -> Nullable<BigInt>,
+        value -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    sync_link (res_type, res_id) {
+        res_type -> Text,
+        res_id -> Text,
+        local_version -> BigInt,
+        upstream_version -> BigInt,
+    }
+}
+
+diesel::table! {
+    sync_conflict (seq) {
+        seq -> BigInt,
+        res_type -> Text,
+        res_id -> Text,
+        local_version -> BigInt,
+        upstream_version -> Nullable<BigInt>,
+        kind -> Text,
+        detail -> Text,
+        at -> BigInt,
+        resolved -> Nullable<BigInt>,
     }
 }

@@ -79,9 +79,19 @@ async fn update_with_a_client_id_creates_then_updates(app: TestApp) {
             .unwrap()
             .ends_with("/Patient/bn-cho-ray-123/_history/1")
     );
+    // The same content again makes no new version (as in HAPI FHIR): a retried PUT, or a
+    // commune node's re-sent push, changes nothing.
     let again = app.put_json("Patient/bn-cho-ray-123", &p).await;
     assert_eq!(again.status, 200);
-    assert_eq!(again.json()["meta"]["versionId"], "2");
+    assert_eq!(again.json()["meta"]["versionId"], "1");
+    assert_eq!(again.header("etag"), Some("W/\"1\""));
+    p["name"][0]["family"] = json!("Trần");
+    let changed = app.put_json("Patient/bn-cho-ray-123", &p).await;
+    assert_eq!(changed.status, 200);
+    assert_eq!(changed.json()["meta"]["versionId"], "2");
+    assert_eq!(changed.json()["name"][0]["family"], "Trần");
+    let h = app.get("Patient/bn-cho-ray-123/_history").await.json();
+    assert_eq!(h["total"], 2, "{h}");
 }
 
 async fn deleted_patient_is_gone_but_its_history_remains(app: TestApp) {

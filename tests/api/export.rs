@@ -177,10 +177,13 @@ async fn a_system_export_holds_every_resource_once(app: TestApp) {
 
     // _since: what changed since then; _typeFilter: a search within a type.
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    let changed = app
-        .put_json("Observation/o7", &observation("o7", "Patient/p2", "8867-4"))
-        .await
-        .json();
+    let mut o7 = observation("o7", "Patient/p2", "8867-4");
+    o7["status"] = json!("amended");
+    let changed = app.put_json("Observation/o7", &o7).await.json();
+    assert_eq!(
+        changed["meta"]["versionId"], "2",
+        "a real change: {changed}"
+    );
     let since = changed["meta"]["lastUpdated"].as_str().unwrap().to_string();
     let since: String = form_urlencoded::byte_serialize(since.as_bytes()).collect();
     let m = export(

@@ -78,7 +78,7 @@ async fn since_and_at_select_versions_by_time(app: TestApp) {
     let t2 = v2["meta"]["lastUpdated"].as_str().unwrap().to_string();
     tokio::time::sleep(std::time::Duration::from_millis(30)).await;
     let mut p3 = p2.clone();
-    p3["gender"] = json!("other");
+    p3["name"][0]["family"] = json!("Trần");
     let v3 = app.put_json(&format!("Patient/{id}"), &p3).await.json();
     let t3 = v3["meta"]["lastUpdated"].as_str().unwrap().to_string();
 

@@ -25,4 +25,5 @@ mod profiles;
 mod search;
 mod signaling;
 mod subscriptions;
+mod sync;
 mod vn;

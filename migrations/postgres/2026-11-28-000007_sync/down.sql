@@ -1,0 +1,3 @@
+DROP TABLE sync_conflict;
+DROP TABLE sync_link;
+DROP TABLE sync_state;
