@@ -487,11 +487,23 @@ struct Round {
 }
 
 impl Round {
+    /// A figure of the client's report: integers with thousands separators, seconds to 0.1.
     fn field(&self, name: &str) -> String {
         match self.report.as_ref().map(|r| &r[name]) {
             Some(Value::Null) | None => "?".into(),
+            Some(Value::Number(n)) if n.is_u64() => thousands(n.as_u64().unwrap_or(0)),
+            Some(Value::Number(n)) => format!("{:.1}", n.as_f64().unwrap_or(0.0)),
+            Some(Value::String(s)) => s.clone(),
             Some(v) => v.to_string(),
         }
+    }
+
+    /// The seconds the round's bytes take at the link's rate (the two directions one after
+    /// the other), and about how many round trips the rest of its wall time is.
+    fn latency_bound(&self, rate: u64, delay: Duration) -> (f64, f64) {
+        let transfer = (self.wire.up + self.wire.down) as f64 / rate as f64;
+        let rest = (self.wall.as_secs_f64() - transfer).max(0.0);
+        (transfer, rest / (2.0 * delay.as_secs_f64()).max(1e-9))
     }
 }
 
@@ -875,9 +887,9 @@ async fn bench(a: &Args) {
         link_text(a)
     );
     println!(
-        "| round | wall s | node→central B | central→node B | connections | pulled | pushed | conflicts | client's bytes sent / received | client's s |"
+        "| round | wall s | node→central B | central→node B | connections | s at link rate | ≈ round trips beyond | pulled | pushed | unchanged | conflicts | client's B sent / received | client's s |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let new_each_way = format!("1: {} new each way", thousands(a.resources as u64));
     for (label, r) in [(new_each_way.as_str(), &first), ("2: nothing new", &second)] {
         let label = if r.ok {
@@ -885,14 +897,16 @@ async fn bench(a: &Args) {
         } else {
             format!("{label} (**failed**)")
         };
+        let (transfer, trips) = r.latency_bound(a.rate, a.delay);
         println!(
-            "| {label} | {:.1} | {} | {} | {} | {} | {} | {} | {} / {} | {} |",
+            "| {label} | {:.1} | {} | {} | {} | {transfer:.1} | {trips:.0} | {} | {} | {} | {} | {} / {} | {} |",
             r.wall.as_secs_f64(),
             thousands(r.wire.up),
             thousands(r.wire.down),
             r.wire.connections,
             r.field("pulled"),
             r.field("pushed"),
+            r.field("unchanged"),
             r.field("conflicts"),
             r.field("bytes_sent"),
             r.field("bytes_received"),
@@ -946,9 +960,22 @@ async fn bench(a: &Args) {
     let floor = (central_gz + node_gz) as f64 / a.rate as f64;
     println!(
         "\nFor scale: the gzipped resources alone take {floor:.1} s at the link's rate, one \
-         direction after the other (pull, then push); each round trip costs {} ms.",
+         direction after the other (pull, then push); each round trip costs {} ms. \"s at link \
+         rate\" is the round's own bytes at the link's rate; \"round trips beyond\" is the rest \
+         of its wall time in round trips (requests waited for one by one, handshakes, server \
+         time).",
         2 * a.delay.as_millis()
     );
+    for (label, r) in [("round 1", &first), ("round 2", &second)] {
+        if let Some(e) = r
+            .report
+            .as_ref()
+            .map(|r| &r["error"])
+            .filter(|e| !e.is_null())
+        {
+            println!("{label} reported an error: {e}");
+        }
+    }
     println!();
     let per_type = |c: &Check| {
         TYPES

@@ -779,8 +779,20 @@ async fn history(
         limit: 50,
     };
     let mut kept: Vec<(String, String)> = Vec::new();
+    // `_elements` (as in search): each version cut to these, marked SUBSETTED. A commune node
+    // lists upstream's changes so (`_elements=id`) and fetches only what it does not have.
+    let mut elements: Option<Vec<String>> = None;
     for (k, v) in form_urlencoded::parse(req.query_string().as_bytes()) {
         match k.as_ref() {
+            "_elements" => {
+                elements = Some(
+                    v.split(',')
+                        .map(|e| e.trim().to_string())
+                        .filter(|e| !e.is_empty())
+                        .collect(),
+                );
+                kept.push((k.into_owned(), v.into_owned()));
+            }
             "_count" => {
                 q.limit = v
                     .parse::<i64>()
@@ -815,7 +827,7 @@ async fn history(
             "_format" | "_pretty" => kept.push((k.into_owned(), v.into_owned())),
             other => {
                 return Err(bad(format!(
-                    "'{other}' is not a parameter of history (use _count, _since, _at)"
+                    "'{other}' is not a parameter of history (use _count, _since, _at, _elements)"
                 )));
             }
         }
@@ -905,7 +917,20 @@ async fn history(
     }
     let entries: Vec<EntryOut> = rows
         .into_iter()
-        .map(|s| history_entry(s, ctx.base()))
+        .map(|mut s| {
+            if let Some(e) = &elements
+                && !s.deleted
+                && let Some(cut) = crate::fhir::search::shape_with(
+                    &s.body,
+                    &s.ty,
+                    Some(e),
+                    crate::fhir::search::Summary::False,
+                )
+            {
+                s.body = cut;
+            }
+            history_entry(s, ctx.base())
+        })
         .collect();
     let json = bundle_json("history", total, &links, &entries);
     bundle_response(json, ctx)

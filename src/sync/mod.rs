@@ -261,11 +261,21 @@ impl Node {
             .await?
             .and_then(|v| parse_instant(&v).ok())
             .map(|d| d.range().0);
+        // After a push, upstream's history holds the node's own versions: list it first
+        // (`_elements=id`) and fetch only what the node does not have.
+        let listing = self
+            .fhir
+            .store()
+            .read(|s| Ok::<_, Error>(s.sync_get("echo")?.and_then(|(_, _, v)| v).is_some()))
+            .await?;
         let count = self.pace.lock().map(|p| p.pull).unwrap_or(200);
         let mut url = format!("_history?_count={count}");
         if let Some(t) = since {
             url.push_str("&_since=");
             url.push_str(&format_instant(t).replace('+', "%2B"));
+        }
+        if listing {
+            url.push_str("&_elements=id");
         }
         let mut newest: Option<i64> = None;
         let mut upstream_now: Option<i64> = None;
@@ -281,7 +291,13 @@ impl Node {
                 .into());
             }
             upstream_now = upstream_now.or(a.date);
-            let page = pulled_entries(&a.body);
+            let mut page = pulled_entries(&a.body);
+            for e in &page {
+                newest = Some(newest.map_or(e.last_modified, |n| n.max(e.last_modified)));
+            }
+            if page.iter().any(|p| p.subsetted) {
+                page = self.complete(page).await?;
+            }
             let (_, after) = self.up.bytes();
             if let Ok(mut p) = self.pace.lock() {
                 p.pull = Pace::next(
@@ -290,9 +306,6 @@ impl Node {
                     after - before,
                     t.elapsed().as_secs_f64(),
                 );
-            }
-            for e in &page {
-                newest = Some(newest.map_or(e.last_modified, |n| n.max(e.last_modified)));
             }
             let (pulled, unchanged, conflicts) = self
                 .fhir
@@ -315,20 +328,102 @@ impl Node {
             (Some(n), None, _) => Some(n + 1 - OVERLAP),
             (None, _, s) => s,
         };
-        if let Some(c) = cursor.map(|c| c.max(since.unwrap_or(i64::MIN))) {
-            let v = format_instant(c);
-            self.fhir
-                .store()
-                .write(move |s| Ok::<_, Error>(s.sync_set("pull", None, None, Some(&v))?))
-                .await?;
-        }
+        let cursor = cursor.map(|c| format_instant(c.max(since.unwrap_or(i64::MIN))));
+        self.fhir
+            .store()
+            .write(move |s| {
+                if let Some(v) = &cursor {
+                    s.sync_set("pull", None, None, Some(v))?;
+                }
+                s.sync_set("echo", None, None, None)?;
+                Ok::<_, Error>(())
+            })
+            .await?;
         Ok(())
+    }
+
+    /// A listed page with the bodies of the versions the node does not have yet (fetched by
+    /// `_id`, type by type); versions it has stay as listed (they are skipped), and one gone
+    /// upstream meanwhile is left to its deletion.
+    async fn complete(&self, page: Vec<Pulled>) -> Result<Vec<Pulled>, SyncError> {
+        let keys: Vec<(String, String, i64)> = page
+            .iter()
+            .filter(|p| p.subsetted)
+            .map(|p| (p.ty.clone(), p.id.clone(), p.version))
+            .collect();
+        let missing: Vec<(String, String)> = self
+            .fhir
+            .store()
+            .read(move |s| {
+                let mut out = Vec::new();
+                for (ty, id, version) in keys {
+                    if !s
+                        .link(&ty, &id)?
+                        .is_some_and(|l| l.upstream_version >= version)
+                    {
+                        out.push((ty, id));
+                    }
+                }
+                Ok::<_, Error>(out)
+            })
+            .await?;
+        let mut by_type: HashMap<String, Vec<String>> = HashMap::new();
+        for (ty, id) in missing {
+            by_type.entry(ty).or_default().push(id);
+        }
+        let mut fetched: HashMap<(String, String), Pulled> = HashMap::new();
+        for (ty, ids) in by_type {
+            for chunk in ids.chunks(1000) {
+                let form = form_urlencoded::Serializer::new(String::new())
+                    .append_pair("_id", &chunk.join(","))
+                    .append_pair("_count", &chunk.len().to_string())
+                    .finish();
+                let a = self.up.search(&ty, form).await?;
+                if a.status != 200 {
+                    return Err(LinkError::Upstream {
+                        status: a.status,
+                        message: format!("search: {}", a.diagnostics()),
+                    }
+                    .into());
+                }
+                for e in a
+                    .body
+                    .get("entry")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(p) = e.get("resource").and_then(Pulled::from_resource) {
+                        fetched.insert((p.ty.clone(), p.id.clone()), p);
+                    }
+                }
+            }
+        }
+        Ok(page
+            .into_iter()
+            .filter_map(|p| {
+                if !p.subsetted {
+                    return Some(p);
+                }
+                match fetched.remove(&(p.ty.clone(), p.id.clone())) {
+                    Some(full) => Some(full),
+                    // Held already (skipped as such), or gone upstream meanwhile.
+                    None => Some(Pulled {
+                        body: None,
+                        deleted: false,
+                        ..p
+                    }),
+                }
+            })
+            .filter(|p| p.body.is_some() || p.deleted || p.subsetted)
+            .collect())
     }
 
     // --- push ---------------------------------------------------------------------------
 
     async fn push(&self, r: &mut Round) -> Result<(), SyncError> {
         let mut merged = Vec::new();
+        let before = r.pushed;
         let mut result = self.push_all(r, &mut merged).await;
         if result.is_ok() {
             result = self.retry_refused(r).await;
@@ -347,6 +442,13 @@ impl Node {
                     .await?;
                 r.pulled += pulled;
             }
+        }
+        if r.pushed > before {
+            // Upstream's history now holds the node's own versions: the next pull lists first.
+            self.fhir
+                .store()
+                .write(|s| Ok::<_, Error>(s.sync_set("echo", None, None, Some("1"))?))
+                .await?;
         }
         result
     }
@@ -529,6 +631,7 @@ impl Node {
                     deleted: true,
                     body: None,
                     last_modified: 0,
+                    subsetted: false,
                 }),
                 _ => None,
             };
@@ -842,17 +945,27 @@ struct Pulled {
     deleted: bool,
     body: Option<Value>,
     last_modified: i64,
+    /// Listed only (`_elements`): the body is to be fetched.
+    subsetted: bool,
 }
 
 impl Pulled {
     fn from_resource(r: &Value) -> Option<Pulled> {
+        let subsetted = r
+            .pointer("/meta/tag")
+            .and_then(Value::as_array)
+            .is_some_and(|t| {
+                t.iter()
+                    .any(|t| t.get("code").and_then(Value::as_str) == Some("SUBSETTED"))
+            });
         Some(Pulled {
             ty: r.get("resourceType")?.as_str()?.to_string(),
             id: r.get("id")?.as_str()?.to_string(),
             version: r.pointer("/meta/versionId")?.as_str()?.parse().ok()?,
             deleted: false,
-            body: Some(r.clone()),
+            body: (!subsetted).then(|| r.clone()),
             last_modified: 0,
+            subsetted,
         })
     }
 }
@@ -864,8 +977,10 @@ fn pulled_entries(bundle: &Value) -> Vec<Pulled> {
         .into_iter()
         .flatten()
         .filter_map(|e| {
+            // When upstream wrote it (for the cursor): the entry's, else the resource's.
             let last_modified = e
                 .pointer("/response/lastModified")
+                .or_else(|| e.pointer("/resource/meta/lastUpdated"))
                 .and_then(Value::as_str)
                 .and_then(|t| parse_instant(t).ok())
                 .map(|d| d.range().0)
@@ -892,6 +1007,7 @@ fn pulled_entries(bundle: &Value) -> Vec<Pulled> {
                 deleted: true,
                 body: None,
                 last_modified,
+                subsetted: false,
             })
         })
         .filter(|p| !LOCAL_ONLY.contains(&p.ty.as_str()))
@@ -923,6 +1039,9 @@ fn apply_pulled(
         if link.is_some_and(|l| l.upstream_version >= p.version) {
             unchanged += 1;
             continue;
+        }
+        if p.body.is_none() && !p.deleted {
+            continue; // listed, not fetched: gone upstream meanwhile (its deletion follows)
         }
         let local = s.current(&p.ty, &p.id)?;
         // The node's own change that upstream has not seen: a version past the link, or a

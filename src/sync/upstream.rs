@@ -190,6 +190,25 @@ impl Upstream {
     /// `POST [base]` of a Bundle (gzipped).
     pub async fn post_bundle(&self, bundle: &Value) -> Result<Answer, LinkError> {
         let raw = serde_json::to_vec(bundle).map_err(|e| LinkError::Down(e.to_string()))?;
+        self.post("", "application/fhir+json", raw).await
+    }
+
+    /// `POST [base]/[type]/_search` of a form (gzipped).
+    pub async fn search(&self, ty: &str, form: String) -> Result<Answer, LinkError> {
+        self.post(
+            &format!("{ty}/_search"),
+            "application/x-www-form-urlencoded",
+            form.into_bytes(),
+        )
+        .await
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        content_type: &'static str,
+        raw: Vec<u8>,
+    ) -> Result<Answer, LinkError> {
         let (body, gz) = if raw.len() >= GZIP_FROM {
             let mut enc = GzEncoder::new(Vec::with_capacity(raw.len() / 4), Compression::default());
             enc.write_all(&raw)
@@ -201,14 +220,18 @@ impl Upstream {
         };
         let body = bytes::Bytes::from(body);
         let len = body.len();
-        let url = self.base().to_string();
+        let url = if path.is_empty() {
+            self.base().to_string()
+        } else {
+            format!("{}/{path}", self.base())
+        };
         self.authorised(
             |tok| {
                 let mut r = self
                     .http
                     .post(&url)
                     .header(AUTHORIZATION, tok)
-                    .header(CONTENT_TYPE, "application/fhir+json")
+                    .header(CONTENT_TYPE, content_type)
                     .body(body.clone());
                 if gz {
                     r = r.header(CONTENT_ENCODING, "gzip");

@@ -1,4 +1,4 @@
-//! History at instance, type and system level: order, paging, `_since`, `_at`.
+//! History at instance, type and system level: order, paging, `_since`, `_at`, `_elements`.
 
 use serde_json::{Value, json};
 
@@ -130,7 +130,43 @@ async fn history_of_an_unknown_resource_is_404(app: TestApp) {
     app.get("Patient/nobody/_history").await.assert_outcome(404);
 }
 
+/// `_elements=id` lists the versions without their content (how a commune node asks what
+/// changed before fetching only what it lacks); deletions are listed as such.
+async fn elements_list_versions_without_their_content(app: TestApp) {
+    let p = app.create(&patient("001090000310")).await;
+    let id = p["id"].as_str().unwrap().to_string();
+    assert_eq!(app.delete(&format!("Patient/{id}")).await.status, 204);
+    let h = app.get("_history?_elements=id&_count=1").await;
+    assert_eq!(h.status, 200, "{}", h.body);
+    let b = h.json();
+    assert_eq!(b["entry"][0]["request"]["method"], "DELETE", "{b}");
+    assert!(b["entry"][0].get("resource").is_none(), "{b}");
+    let next = b["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .unwrap();
+    assert!(
+        next["url"].as_str().unwrap().contains("_elements=id"),
+        "{b}"
+    );
+    let h = app
+        .get(&format!("Patient/{id}/_history?_elements=id"))
+        .await
+        .json();
+    let v1 = &h["entry"][1]["resource"];
+    assert_eq!(v1["id"], id.as_str());
+    assert_eq!(v1["meta"]["versionId"], "1");
+    assert_eq!(v1["meta"]["tag"][0]["code"], "SUBSETTED", "{v1}");
+    assert!(
+        v1.get("identifier").is_none() && v1.get("name").is_none(),
+        "{v1}"
+    );
+}
+
 crate::on_both_databases!(
+    elements_list_versions_without_their_content,
     history_pages_through_every_version_once,
     since_and_at_select_versions_by_time,
     history_of_an_unknown_resource_is_404,

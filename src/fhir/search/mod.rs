@@ -241,7 +241,17 @@ fn includes(
 /// The body of a match under `_summary` / `_elements` (R4 §3.1.1.8.4-5): None when it is
 /// returned whole.
 pub fn shape(body: &str, ty: &str, spec: &SearchSpec) -> Option<String> {
-    let keep: Box<dyn Fn(&str) -> bool> = match (&spec.elements, spec.summary) {
+    shape_with(body, ty, spec.elements.as_deref(), spec.summary)
+}
+
+/// [`shape`] by `_elements` and `_summary` themselves (history takes `_elements` too).
+pub fn shape_with(
+    body: &str,
+    ty: &str,
+    elements: Option<&[String]>,
+    summary: Summary,
+) -> Option<String> {
+    let keep: Box<dyn Fn(&str) -> bool> = match (elements, summary) {
         (Some(list), _) => {
             let names: Vec<String> = list
                 .iter()
