@@ -357,9 +357,8 @@ impl Node {
             .read(move |s| {
                 let mut out = Vec::new();
                 for (ty, id, version) in keys {
-                    if !s
-                        .link(&ty, &id)?
-                        .is_some_and(|l| l.upstream_version >= version)
+                    if s.link(&ty, &id)?
+                        .is_none_or(|l| l.upstream_version < version)
                     {
                         out.push((ty, id));
                     }
@@ -399,23 +398,14 @@ impl Node {
                 }
             }
         }
+        // What is held already stays listed only (and is skipped as such), as does what went
+        // upstream meanwhile (its deletion follows).
         Ok(page
             .into_iter()
-            .filter_map(|p| {
-                if !p.subsetted {
-                    return Some(p);
-                }
-                match fetched.remove(&(p.ty.clone(), p.id.clone())) {
-                    Some(full) => Some(full),
-                    // Held already (skipped as such), or gone upstream meanwhile.
-                    None => Some(Pulled {
-                        body: None,
-                        deleted: false,
-                        ..p
-                    }),
-                }
+            .map(|p| match p.subsetted {
+                true => fetched.remove(&(p.ty.clone(), p.id.clone())).unwrap_or(p),
+                false => p,
             })
-            .filter(|p| p.body.is_some() || p.deleted || p.subsetted)
             .collect())
     }
 
