@@ -274,6 +274,7 @@ pub async fn found(
                     at: None,
                     before: None,
                     limit: 2,
+                    types: Vec::new(),
                 })
                 .await
                 .map_err(|e| ctx.error(e))?;

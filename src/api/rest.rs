@@ -777,6 +777,7 @@ async fn history(
         at: None,
         before: None,
         limit: 50,
+        types: Vec::new(),
     };
     let mut kept: Vec<(String, String)> = Vec::new();
     // `_elements` (as in search): each version cut to these, marked SUBSETTED. A commune node
@@ -784,6 +785,17 @@ async fn history(
     let mut elements: Option<Vec<String>> = None;
     for (k, v) in form_urlencoded::parse(req.query_string().as_bytes()) {
         match k.as_ref() {
+            // System level, as R5 defines it: only these types (a commune node leaves out
+            // upstream's audit trail).
+            "_type" if matches!(q.scope, HistoryScope::System) => {
+                for t in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                    if crate::fhir::schema::R4.resource_type(t).is_none() {
+                        return Err(bad(format!("_type '{t}' is not a FHIR R4 resource type")));
+                    }
+                    q.types.push(t.to_string());
+                }
+                kept.push((k.into_owned(), v.into_owned()));
+            }
             "_elements" => {
                 elements = Some(
                     v.split(',')
@@ -827,7 +839,7 @@ async fn history(
             "_format" | "_pretty" => kept.push((k.into_owned(), v.into_owned())),
             other => {
                 return Err(bad(format!(
-                    "'{other}' is not a parameter of history (use _count, _since, _at, _elements)"
+                    "'{other}' is not a parameter of history (use _count, _since, _at, _elements, and _type at system level)"
                 )));
             }
         }

@@ -253,6 +253,8 @@ pub struct HistoryQuery {
     /// Continue after this (last_updated, pk), exclusive.
     pub before: Option<(i64, i64)>,
     pub limit: i64,
+    /// System level: only these types (`_type`, as R5 defines it); empty: all.
+    pub types: Vec<String>,
 }
 
 /// Rows per multi-row INSERT on PostgreSQL (65535 bound parameters at most; 9 a row).
@@ -614,6 +616,9 @@ impl<'c> Session<'c> {
                     .filter(rv::res_type.eq(t.clone()))
                     .filter(rv::res_id.eq(id.clone()))
             }
+        }
+        if !q.types.is_empty() {
+            query = query.filter(rv::res_type.eq_any(q.types.clone()));
         }
         if let Some(since) = q.since {
             query = query.filter(rv::last_updated.ge(since));

@@ -42,6 +42,25 @@ pub const OVERLAP: i64 = 30_000;
 /// Types the node neither pushes nor pulls: each server's own audit trail and Subscriptions.
 const LOCAL_ONLY: &[&str] = &["AuditEvent", "Subscription"];
 
+/// The types a node pulls (`_type` of upstream's history): patients' records, the directory
+/// and the definitions (not upstream's own audit trail or Subscriptions).
+fn synced_types() -> &'static [&'static str] {
+    static TYPES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    TYPES.get_or_init(|| {
+        let mut t: Vec<&'static str> = crate::fhir::compartment::links("Patient", &[])
+            .into_iter()
+            .filter_map(|(ty, _)| crate::fhir::schema::R4.resource_type(&ty))
+            .chain(["Patient", "Binary", "Group"])
+            .chain(crate::auth::policy::DIRECTORY.iter().copied())
+            .chain(crate::auth::policy::DEFINITIONS.iter().copied())
+            .filter(|ty| !LOCAL_ONLY.contains(ty))
+            .collect();
+        t.sort_unstable();
+        t.dedup();
+        t
+    })
+}
+
 /// What one round did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Round {
@@ -58,6 +77,9 @@ pub struct Round {
     pub unchanged: u64,
     /// Conflicts recorded in this round.
     pub conflicts: u64,
+    /// JSON bytes of the resources pushed.
+    #[serde(skip)]
+    pub pushed_bytes: u64,
     pub bytes_sent: u64,
     pub bytes_received: u64,
 }
@@ -77,6 +99,11 @@ struct Pace {
     /// `_count` of a pull page.
     pull: usize,
 }
+
+/// Pushed resources this large on average (JSON bytes) make the next pull list upstream's
+/// history (`_elements=id`, about 40 gzipped bytes a version) and fetch only what the node
+/// lacks; smaller ones cost less to download again than to list and fetch.
+const LIST_FROM: u64 = 2048;
 
 /// Resource bytes a push Bundle carries at most (a large attachment goes on its own; what
 /// follows it waits for the next Bundle).
@@ -124,8 +151,8 @@ impl Node {
             up: Upstream::new(config).map_err(|e| e.to_string())?,
             interval,
             pace: Mutex::new(Pace {
-                push: 100,
-                pull: 200,
+                push: 200,
+                pull: 1000,
             }),
             running: tokio::sync::Mutex::new(()),
             live: Mutex::new(Live::default()),
@@ -277,6 +304,8 @@ impl Node {
         if listing {
             url.push_str("&_elements=id");
         }
+        url.push_str("&_type=");
+        url.push_str(&synced_types().join(","));
         let mut newest: Option<i64> = None;
         let mut upstream_now: Option<i64> = None;
         loop {
@@ -433,8 +462,9 @@ impl Node {
                 r.pulled += pulled;
             }
         }
-        if r.pushed > before {
-            // Upstream's history now holds the node's own versions: the next pull lists first.
+        if r.pushed > before && r.pushed_bytes / (r.pushed - before) >= LIST_FROM {
+            // Upstream's history now holds the node's own (large) versions: the next pull
+            // lists first rather than download them again.
             self.fhir
                 .store()
                 .write(|s| Ok::<_, Error>(s.sync_set("echo", None, None, Some("1"))?))
@@ -483,6 +513,11 @@ impl Node {
                     })
                     .await?;
                 r.pushed += n;
+                r.pushed_bytes += batch
+                    .items
+                    .iter()
+                    .map(|i| i.body.as_ref().map_or(0, String::len) as u64)
+                    .sum::<u64>();
                 continue;
             }
             // The transaction failed as a whole: each resource on its own, to find which;
@@ -597,6 +632,7 @@ impl Node {
         if a.status == 200 {
             let done = taken(std::slice::from_ref(item), &a.body);
             r.pushed += done.len() as u64;
+            r.pushed_bytes += item.body.as_ref().map_or(0, String::len) as u64;
             self.fhir
                 .store()
                 .write(move |s| {

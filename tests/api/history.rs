@@ -1,4 +1,4 @@
-//! History at instance, type and system level: order, paging, `_since`, `_at`, `_elements`.
+//! History at instance, type and system level: order, paging, `_since`, `_at`, `_elements`, `_type`.
 
 use serde_json::{Value, json};
 
@@ -163,6 +163,18 @@ async fn elements_list_versions_without_their_content(app: TestApp) {
         v1.get("identifier").is_none() && v1.get("name").is_none(),
         "{v1}"
     );
+    // `_type` (R5) narrows system history to some types.
+    app.create(&json!({"resourceType": "Organization", "name": "Trạm y tế xã"}))
+        .await;
+    let h = app.get("_history?_type=Organization,Location").await.json();
+    let types: Vec<&str> = h["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["Organization"], "{h}");
+    app.get("_history?_type=Nope").await.assert_outcome(400);
 }
 
 crate::on_both_databases!(
