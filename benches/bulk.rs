@@ -30,6 +30,8 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 fn main() {
+    // reqwest is built without a TLS provider of its own: the process installs ring first.
+    yba::install_tls();
     let f = Flags::parse();
     let db = f.text("db", "sqlite");
     let n: usize = f.num("resources", 1_000_000);

@@ -1669,6 +1669,8 @@ async fn run_target(name: &str, a: &Args) -> Vec<Step> {
 }
 
 fn main() {
+    // reqwest is built without a TLS provider of its own: the process installs ring first.
+    yba::install_tls();
     let a = args();
     epoch();
     let rt = tokio::runtime::Builder::new_multi_thread()
