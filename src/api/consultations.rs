@@ -27,7 +27,7 @@ use crate::fhir::datetime::{now_millis, parse_instant};
 use crate::fhir::outcome::Issue;
 use crate::telehealth::{self, Ask, Conclusion, join};
 
-fn json_reply(status: StatusCode, v: &Value) -> HttpResponse {
+pub(crate) fn json_reply(status: StatusCode, v: &Value) -> HttpResponse {
     HttpResponse::build(status)
         .content_type("application/json")
         .body(v.to_string())

@@ -6,6 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
+use super::consultations::json_reply as reply;
 use super::error::ApiError;
 use super::negotiate::Ctx;
 use super::{AppState, Interaction};
@@ -27,12 +28,6 @@ fn node<'s>(state: &'s AppState, ctx: &Ctx) -> Result<&'s crate::sync::Node, Api
             "this server is not a commune node: it has no upstream (YBA_UPSTREAM)".into(),
         ))
     })
-}
-
-fn reply(status: StatusCode, v: &serde_json::Value) -> HttpResponse {
-    HttpResponse::build(status)
-        .content_type("application/json")
-        .body(v.to_string())
 }
 
 /// `GET /api/sync/status`.

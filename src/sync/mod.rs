@@ -454,12 +454,7 @@ impl Node {
             if got.status == 200
                 && let Some(p) = Pulled::from_resource(&got.body)
             {
-                let (pulled, ..) = self
-                    .fhir
-                    .store()
-                    .write(move |s| apply_pulled(s, std::slice::from_ref(&p), now_millis()))
-                    .await?;
-                r.pulled += pulled;
+                self.apply(p, r).await?;
             }
         }
         if r.pushed > before && r.pushed_bytes / (r.pushed - before) >= LIST_FROM {
@@ -502,22 +497,9 @@ impl Node {
             }
             if a.status == 200 {
                 let done = taken(&batch.items, &a.body);
-                let (c, n) = (batch.cursor, done.len() as u64);
-                self.fhir
-                    .store()
-                    .write(move |s| {
-                        for (ty, id, link) in &done {
-                            s.set_link(ty, id, *link)?;
-                        }
-                        set_push_cursor(s, c)
-                    })
-                    .await?;
-                r.pushed += n;
-                r.pushed_bytes += batch
-                    .items
-                    .iter()
-                    .map(|i| i.body.as_ref().map_or(0, String::len) as u64)
-                    .sum::<u64>();
+                r.pushed += done.len() as u64;
+                r.pushed_bytes += body_bytes(&batch.items);
+                self.settle(done, Some(batch.cursor), Vec::new()).await?;
                 continue;
             }
             // The transaction failed as a whole: each resource on its own, to find which;
@@ -533,6 +515,44 @@ impl Node {
                 .write(move |s| set_push_cursor(s, c))
                 .await?;
         }
+    }
+
+    /// Records in one transaction what upstream took: the links of the versions, where the
+    /// push has got to, and the refusals it settled.
+    async fn settle(
+        &self,
+        done: Vec<(String, String, Link)>,
+        cursor: Option<(i64, i64)>,
+        resolved: Vec<i64>,
+    ) -> Result<(), Error> {
+        self.fhir
+            .store()
+            .write(move |s| {
+                for (ty, id, link) in &done {
+                    s.set_link(ty, id, *link)?;
+                }
+                for seq in &resolved {
+                    s.resolve_conflict(*seq, now_millis())?;
+                }
+                match cursor {
+                    Some(c) => set_push_cursor(s, c),
+                    None => Ok(()),
+                }
+            })
+            .await
+    }
+
+    /// Writes one upstream version here, counting it in the round.
+    async fn apply(&self, p: Pulled, r: &mut Round) -> Result<(), Error> {
+        let (pulled, unchanged, conflicts) = self
+            .fhir
+            .store()
+            .write(move |s| apply_pulled(s, std::slice::from_ref(&p), now_millis()))
+            .await?;
+        r.pulled += pulled;
+        r.unchanged += unchanged;
+        r.conflicts += conflicts;
+        Ok(())
     }
 
     /// Sends again what upstream refused before (a record whose patient went up later, or
@@ -590,20 +610,9 @@ impl Node {
                 continue;
             }
             let done = taken(&outgoing, &a.body);
-            let seqs: Vec<i64> = group.iter().map(|(seq, _)| *seq).collect();
             r.pushed += done.len() as u64;
-            self.fhir
-                .store()
-                .write(move |s| {
-                    for (ty, id, link) in &done {
-                        s.set_link(ty, id, *link)?;
-                    }
-                    for seq in &seqs {
-                        s.resolve_conflict(*seq, now_millis())?;
-                    }
-                    Ok::<_, Error>(())
-                })
-                .await?;
+            let seqs = group.iter().map(|(seq, _)| *seq).collect();
+            self.settle(done, None, seqs).await?;
         }
         Ok(())
     }
@@ -632,16 +641,8 @@ impl Node {
         if a.status == 200 {
             let done = taken(std::slice::from_ref(item), &a.body);
             r.pushed += done.len() as u64;
-            r.pushed_bytes += item.body.as_ref().map_or(0, String::len) as u64;
-            self.fhir
-                .store()
-                .write(move |s| {
-                    for (ty, id, link) in &done {
-                        s.set_link(ty, id, *link)?;
-                    }
-                    Ok::<_, Error>(())
-                })
-                .await?;
+            r.pushed_bytes += body_bytes(std::slice::from_ref(item));
+            self.settle(done, None, Vec::new()).await?;
             return Ok(());
         }
         let refusal = a.diagnostics();
@@ -662,14 +663,7 @@ impl Node {
                 _ => None,
             };
             if let Some(p) = pulled {
-                let (pulled, unchanged, conflicts) = self
-                    .fhir
-                    .store()
-                    .write(move |s| apply_pulled(s, std::slice::from_ref(&p), now_millis()))
-                    .await?;
-                r.pulled += pulled;
-                r.unchanged += unchanged;
-                r.conflicts += conflicts;
+                self.apply(p, r).await?;
                 return Ok(());
             }
         }
@@ -905,6 +899,14 @@ fn outbox(s: &mut Session<'_>, want: usize) -> crate::error::Result<Option<Batch
         });
     }
     Ok(Some(Batch { items, cursor: end }))
+}
+
+/// The JSON bytes of the resources among `items`.
+fn body_bytes(items: &[Outgoing]) -> u64 {
+    items
+        .iter()
+        .map(|i| i.body.as_ref().map_or(0, String::len) as u64)
+        .sum()
 }
 
 /// A transaction Bundle of local versions.
